@@ -1,0 +1,56 @@
+"""Direct Preference Optimization (DPO) of a LoRA adapter, merged into its base model at the end.
+
+    python dpo.py --config training_configs/dpo_v1.yaml
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml dpo.py --config training_configs/dpo_v1.yaml
+    python dpo.py --config training_configs/dpo_v1.yaml --learning_rate 1e-4 --beta 0.2
+
+Keys are the fields of TRL's `ScriptArguments`, `DPOConfig` and `ModelConfig`, plus `prefopt.config.RunArguments`.
+With a LoRA adapter the reference model is the base with the adapter disabled: no second copy in memory.
+"""
+
+import logging
+
+from trl import DPOConfig, DPOTrainer, get_peft_config
+
+from prefopt.config import configure_logging, describe_batch, parse_args
+from prefopt.data import load_preference_dataset, select_splits
+from prefopt.errors import exit_on_user_error
+from prefopt.finish import finish_run
+from prefopt.modeling import load_model, load_tokenizer
+
+logger = logging.getLogger("dpo")
+
+
+def main(script_args, training_args, model_args, run_args):
+    configure_logging(training_args)
+    logger.info(describe_batch(training_args))
+
+    # Data
+    dataset = load_preference_dataset(script_args)
+    train_dataset, eval_dataset = select_splits(dataset, script_args, evaluate=training_args.eval_strategy != "no")
+
+    # Model & tokenizer
+    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+    model = load_model(model_args, training_args.trust_remote_code)
+
+    # Training
+    trainer = DPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+
+    # Merge & plot
+    del trainer, model
+    finish_run(training_args, model_args, run_args)
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(*parse_args(DPOConfig))

@@ -1,0 +1,1 @@
+"""What dpo.py, kto.py and simpo.py share: config parsing, loading, merging, plotting and the demo assets."""

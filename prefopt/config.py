@@ -1,0 +1,176 @@
+"""Command line and YAML parsing: TRL's own dataclasses and parser, plus the few keys this repo adds.
+
+A config written for TRL's scripts works here unchanged: its keys are the fields of `ScriptArguments`, the
+trainer's config (`DPOConfig`, `KTOConfig`, `CPOConfig`) and `ModelConfig`. `RunArguments` adds what happens after
+training (merge, plots). Every check here runs before any model or data is loaded, so a typo costs seconds.
+"""
+
+import difflib
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import transformers
+import yaml
+from accelerate import PartialState
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+from prefopt.errors import UserError
+
+
+@dataclass
+class RunArguments:
+    """Keys of this repo, on top of TRL's: where the merged model and the plots go."""
+
+    merge: bool = field(
+        default=True,
+        metadata={"help": "Merge the trained LoRA adapter into the base model and save it to `merged_model_dir`."},
+    )
+    merged_model_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the merged model is saved. Defaults to `models/<basename of output_dir>`."},
+    )
+    overwrite_merged: bool = field(
+        default=False,
+        metadata={"help": "Replace an existing `merged_model_dir`. Without it the run refuses to start."},
+    )
+    images_dir: str = field(default="images", metadata={"help": "Where the loss plots are written."})
+
+
+class PrefOptParser(TrlParser):
+    """TRL's parser whose errors are `UserError`s naming the config file, instead of argparse's usage dump."""
+
+    config_path: str | None = None
+
+    def error(self, message: str):
+        where = f"{self.config_path}: " if self.config_path else ""
+        raise UserError(f"{where}{message}")
+
+
+def parse_args(training_config_class: type, args: list[str] | None = None) -> tuple:
+    """Parse `--config <yaml>` and command-line flags (which override the YAML) into TRL's dataclasses.
+
+    Returns `(script_args, training_args, model_args, run_args)`.
+    """
+    parser = PrefOptParser((ScriptArguments, training_config_class, ModelConfig, RunArguments))
+    parser.config_path = _config_path(args)
+    try:
+        *parsed, config_unknown, cli_unknown = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except yaml.YAMLError as error:
+        raise UserError(f"{parser.config_path}: not valid YAML ({_one_line(error)})") from None
+    except ValueError as error:  # raised by the dataclasses' own checks, e.g. TrainingArguments.__post_init__
+        raise UserError(f"{parser.config_path or 'arguments'}: {_one_line(error)}") from None
+
+    known_keys = [action.dest for action in parser._actions]
+    _reject_unknown(config_unknown, known_keys, where=parser.config_path)
+    _reject_unknown(cli_unknown, known_keys, where="command line")
+
+    script_args, training_args, model_args, run_args = parsed
+    if run_args.merged_model_dir is None:
+        run_args.merged_model_dir = str(Path("models") / Path(training_args.output_dir).name)
+    training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint)
+    _check_values(training_args, model_args, where=parser.config_path or "command line")
+    _check_paths(script_args, model_args, training_args, run_args)
+    return script_args, training_args, model_args, run_args
+
+
+def configure_logging(training_args) -> None:
+    """Our messages at INFO on the main process only; the libraries log as TRL's own scripts let them."""
+    level = logging.INFO if PartialState().is_main_process else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+
+
+def describe_batch(training_args) -> str:
+    """The effective batch and the learning-rate schedule, as the run will see them."""
+    processes = PartialState().num_processes
+    per_device = training_args.per_device_train_batch_size
+    accumulation = training_args.gradient_accumulation_steps
+    return (
+        f"effective batch size {per_device * processes * accumulation} = {per_device} per device x {processes} "
+        f"process(es) x {accumulation} accumulation step(s); learning rate {training_args.learning_rate:g}, "
+        f"{training_args.lr_scheduler_type.value} schedule, warmup_steps {training_args.warmup_steps:g}"
+    )
+
+
+def _config_path(args: list[str] | None) -> str | None:
+    args = sys.argv[1:] if args is None else args
+    if "--config" not in args:
+        return None
+    index = args.index("--config")
+    if index + 1 >= len(args):
+        raise UserError("--config needs a path to a YAML file")
+    path = args[index + 1]
+    if not Path(path).is_file():
+        raise UserError(f"config file not found: {path}")
+    return path
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _reject_unknown(remaining: list[str], known_keys: list[str], where: str | None) -> None:
+    unknown = [item[2:] for item in remaining if item.startswith("--")] or remaining
+    if not unknown:
+        return
+    key = unknown[0].split("=")[0]
+    close = difflib.get_close_matches(key, known_keys, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise UserError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _resume_value(value):
+    """`resume_from_checkpoint: true` (YAML) or `--resume_from_checkpoint true` resumes from the latest checkpoint."""
+    if isinstance(value, str) and value.lower() in ("true", "false", ""):
+        return value.lower() == "true" or None
+    return value or None
+
+
+def _check_values(training_args, model_args, where: str) -> None:
+    checks = [
+        (training_args.learning_rate > 0, f"learning_rate must be > 0, got {training_args.learning_rate}"),
+        (getattr(training_args, "beta", 1) > 0, f"beta must be > 0, got {getattr(training_args, 'beta', None)}"),
+        (model_args.lora_r >= 1, f"lora_r must be >= 1, got {model_args.lora_r}"),
+        (
+            training_args.per_device_train_batch_size >= 1,
+            f"per_device_train_batch_size must be >= 1, got {training_args.per_device_train_batch_size}",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{where}: {message}")
+
+
+# A hub id is `name` or `org/name`; anything else (./x, /abs/path, a/b/c) is meant as a local path.
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def _is_local(path: str) -> bool:
+    """A path is local if it exists, is not hub-id shaped, or starts in a local directory (models/x, data/x)."""
+    return Path(path).exists() or not _HUB_ID.match(path) or Path(path.split("/")[0]).is_dir()
+
+
+def _check_paths(script_args, model_args, training_args, run_args) -> None:
+    model = model_args.model_name_or_path
+    if not model:
+        raise UserError("model_name_or_path is required (a local model directory or a hub id)")
+    if _is_local(model) and not (Path(model) / "config.json").is_file():
+        raise UserError(f"model_name_or_path: no model at '{model}' (expected a directory holding config.json)")
+
+    dataset = script_args.dataset_name
+    if not dataset:
+        raise UserError("dataset_name is required (a hub id, a data directory or a .jsonl/.json/.parquet/.csv file)")
+    if _is_local(dataset) and not Path(dataset).exists():
+        raise UserError(f"dataset_name: no such file or directory: '{dataset}'")
+
+    merged = Path(run_args.merged_model_dir)
+    if run_args.merge and merged.exists() and not run_args.overwrite_merged:
+        raise UserError(
+            f"merged_model_dir '{merged}' already exists; set overwrite_merged: true (or --overwrite_merged) "
+            "to replace it, or choose another merged_model_dir"
+        )
