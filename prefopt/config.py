@@ -17,6 +17,7 @@ import yaml
 from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, TrlParser
 
+from prefopt.data import DATA_FILE_BUILDERS
 from prefopt.errors import UserError
 
 
@@ -165,7 +166,7 @@ def _check_paths(script_args, model_args, training_args, run_args) -> None:
     dataset = script_args.dataset_name
     if not dataset:
         raise UserError("dataset_name is required (a hub id, a data directory or a .jsonl/.json/.parquet/.csv file)")
-    if _is_local(dataset) and not Path(dataset).exists():
+    if (_is_local(dataset) or Path(dataset).suffix in DATA_FILE_BUILDERS) and not Path(dataset).exists():
         raise UserError(f"dataset_name: no such file or directory: '{dataset}'")
 
     merged = Path(run_args.merged_model_dir)

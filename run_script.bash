@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Run the experiment: the default demo (no arguments), or one script with a config of your choice.
+set -euo pipefail
+
+usage() {
+  cat <<'TXT'
+Usage:
+  bash run_script.bash
+      The default experiment: builds the demo base model and data if missing (models/demo-base, data/demo),
+      trains DPO, KTO and SimPO from training_configs/{dpo,kto,simpo}_v1.yaml, merges each into models/,
+      and plots into images/. Re-running replaces the experiment's own earlier outputs.
+
+  bash run_script.bash SCRIPT [CONFIG] [ACCELERATE_CONFIG] [-- FLAGS...]
+      One run: SCRIPT is dpo, kto or simpo; CONFIG defaults to training_configs/SCRIPT_v1.yaml;
+      ACCELERATE_CONFIG to $ACCELERATE_CONFIG, else accelerate_configs/single_gpu.yaml on a GPU machine and
+      accelerate_configs/cpu.yaml elsewhere. FLAGS override the config, e.g. -- --learning_rate 1e-4.
+      Example: bash run_script.bash kto training_configs/kto_v1.yaml accelerate_configs/multi_gpu.yaml
+
+Run `bash setup.bash` first.
+TXT
+}
+
+cd "$(dirname "$0")"
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then usage; exit 0; fi
+if [ ! -x .venv/bin/accelerate ]; then
+  echo "run_script: .venv is missing or incomplete; run 'bash setup.bash' first" >&2
+  exit 1
+fi
+export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  default_accelerate_config=accelerate_configs/single_gpu.yaml
+else
+  default_accelerate_config=accelerate_configs/cpu.yaml
+fi
+accelerate_config=${ACCELERATE_CONFIG:-$default_accelerate_config}
+
+train() {  # train SCRIPT CONFIG ACCELERATE_CONFIG [FLAGS...]
+  local script=$1 config=$2 launch_config=$3
+  shift 3
+  echo "run_script: accelerate launch --config_file $launch_config $script.py --config $config $*"
+  accelerate launch --config_file "$launch_config" "$script.py" --config "$config" "$@"
+}
+
+if [ $# -gt 0 ]; then
+  script=$1
+  case "$script" in dpo|kto|simpo) ;; *) echo "run_script: unknown script '$script' (dpo, kto or simpo)" >&2; exit 2 ;; esac
+  shift
+  config=training_configs/${script}_v1.yaml
+  if [ $# -gt 0 ] && [ "$1" != -- ]; then config=$1; shift; fi
+  if [ $# -gt 0 ] && [ "$1" != -- ]; then accelerate_config=$1; shift; fi
+  if [ $# -gt 0 ] && [ "$1" = -- ]; then shift; fi
+  train "$script" "$config" "$accelerate_config" "$@"
+  exit 0
+fi
+
+start=$SECONDS
+echo "run_script: default experiment on $accelerate_config"
+python -m prefopt.demo
+for script in dpo kto simpo; do
+  train "$script" "training_configs/${script}_v1.yaml" "$accelerate_config" --overwrite_merged true
+done
+echo "run_script: default experiment done in $((SECONDS - start))s; merged models in models/, plots in images/"

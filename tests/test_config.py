@@ -1,0 +1,122 @@
+"""Config parsing: TRL's keys from YAML, CLI overrides, and one clear line for each user error."""
+
+import re
+
+import pytest
+import yaml
+from trl import DPOConfig, KTOConfig
+
+from prefopt.config import parse_args
+from prefopt.errors import UserError
+from simpo import SimPOConfig
+from tests.conftest import REPO, run_script
+
+
+@pytest.fixture
+def write_config(tmp_path, demo_assets):
+    """Write a YAML config on the demo assets with `overrides`; return the path."""
+
+    def write(**overrides) -> str:
+        config = {
+            "model_name_or_path": str(demo_assets.model_dir),
+            "dataset_name": str(demo_assets.data_dir),
+            "output_dir": str(tmp_path / "outputs" / "run"),
+            "merged_model_dir": str(tmp_path / "models" / "run"),
+            "bf16": False,  # TRL turns bf16 on by default, which a CPU cannot run
+            **overrides,
+        }
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return str(path)
+
+    return write
+
+
+def test_yaml_values_reach_trl_dataclasses(write_config):
+    script_args, training_args, model_args, run_args = parse_args(
+        DPOConfig, ["--config", write_config(beta=0.25, lora_r=4, learning_rate=3e-4, use_peft=True)]
+    )
+    assert (training_args.beta, model_args.lora_r, training_args.learning_rate) == (0.25, 4, 3e-4)
+    assert model_args.use_peft and run_args.merge
+
+
+def test_command_line_overrides_yaml(write_config):
+    _, training_args, _, _ = parse_args(DPOConfig, ["--config", write_config(beta=0.25), "--beta", "0.5"])
+    assert training_args.beta == 0.5
+
+
+def test_merged_model_dir_defaults_to_models_and_output_dir_name(write_config, tmp_path):
+    config = write_config(output_dir=str(tmp_path / "outputs" / "my_run"), merged_model_dir=None)
+    *_, run_args = parse_args(DPOConfig, ["--config", config])
+    assert run_args.merged_model_dir == "models/my_run"
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("True", True), ("false", None), ("ckpt", "ckpt")])
+def test_resume_from_checkpoint_true_means_latest(write_config, value, expected):
+    _, training_args, _, _ = parse_args(DPOConfig, ["--config", write_config(), "--resume_from_checkpoint", value])
+    assert training_args.resume_from_checkpoint == expected
+
+
+@pytest.mark.parametrize(
+    "overrides, cli, message",
+    [
+        ({"learnig_rate": 1e-4}, [], "unknown key 'learnig_rate'; did you mean 'learning_rate'?"),
+        ({}, ["--bta", "0.3"], "command line: unknown key 'bta'; did you mean 'beta'?"),
+        ({"learning_rate": "fast"}, [], "invalid float value: 'fast'"),
+        ({"learning_rate": -1e-4}, [], "learning_rate must be > 0, got -0.0001"),
+        ({"beta": 0.0}, [], "beta must be > 0, got 0.0"),
+        ({"lora_r": 0}, [], "lora_r must be >= 1, got 0"),
+        ({"model_name_or_path": "./no/such/model"}, [], "model_name_or_path: no model at './no/such/model'"),
+        ({"dataset_name": "data/missing.jsonl"}, [], "dataset_name: no such file or directory: 'data/missing.jsonl'"),
+        ({"model_name_or_path": None}, [], "model_name_or_path is required"),
+    ],
+)
+def test_user_errors_name_the_problem(write_config, overrides, cli, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_args(DPOConfig, ["--config", write_config(**overrides), *cli])
+
+
+def test_existing_merged_model_is_refused_unless_overwrite(write_config, tmp_path):
+    (tmp_path / "models" / "run").mkdir(parents=True)
+    with pytest.raises(UserError, match="already exists; set overwrite_merged: true"):
+        parse_args(DPOConfig, ["--config", write_config()])
+    *_, run_args = parse_args(DPOConfig, ["--config", write_config(), "--overwrite_merged", "true"])
+    assert run_args.overwrite_merged
+
+
+def test_keys_of_another_algorithm_are_unknown(write_config):
+    with pytest.raises(UserError, match="unknown key 'simpo_gamma'"):
+        parse_args(KTOConfig, ["--config", write_config(simpo_gamma=0.5)])
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="config file not found: nowhere.yaml"):
+        parse_args(DPOConfig, ["--config", "nowhere.yaml"])
+
+
+def test_config_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must contain a YAML mapping"):
+        parse_args(DPOConfig, ["--config", str(path)])
+
+
+def test_script_reports_user_error_in_one_line_and_exits_2(write_config):
+    result = run_script("dpo.py", "--config", write_config(learnig_rate=1e-4), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "kto", "simpo"])
+def test_shipped_demo_configs_parse(algorithm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths in the config: models/demo-base, data/demo
+    (tmp_path / "models" / "demo-base").mkdir(parents=True)
+    (tmp_path / "models" / "demo-base" / "config.json").write_text("{}")
+    (tmp_path / "data" / "demo").mkdir(parents=True)
+    config_class = {"dpo": DPOConfig, "kto": KTOConfig, "simpo": SimPOConfig}[algorithm]
+    _, training_args, model_args, run_args = parse_args(
+        config_class, ["--config", str(REPO / "training_configs" / f"{algorithm}_v1.yaml")]
+    )
+    assert model_args.use_peft and training_args.bf16 is False and training_args.gradient_checkpointing is False
+    assert run_args.merged_model_dir == f"models/{algorithm}_v1"
