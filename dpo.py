@@ -12,25 +12,32 @@ import logging
 
 from trl import DPOConfig, DPOTrainer, get_peft_config
 
-from prefopt.config import configure_logging, describe_batch, parse_args
-from prefopt.data import load_preference_dataset, select_splits
+from prefopt.config import describe_batch, parse_args
+from prefopt.data import load_preference_data
 from prefopt.errors import exit_on_user_error
 from prefopt.finish import finish_run
+from prefopt.locking import lock_outputs
 from prefopt.modeling import load_model, load_tokenizer
 
 logger = logging.getLogger("dpo")
 
 
 def main(script_args, training_args, model_args, run_args):
-    configure_logging(training_args)
+    lock_outputs(training_args.output_dir, run_args.merged_model_dir)
     logger.info(describe_batch(training_args))
 
-    # Data
-    dataset = load_preference_dataset(script_args)
-    train_dataset, eval_dataset = select_splits(dataset, script_args, evaluate=training_args.eval_strategy != "no")
+    # Tokenizer & data, checked before the model is loaded
+    tokenizer = load_tokenizer(model_args, run_args, training_args.trust_remote_code)
+    train_dataset, eval_dataset = load_preference_data(
+        script_args,
+        run_args,
+        tokenizer,
+        evaluate=training_args.eval_strategy != "no",
+        max_length=training_args.max_length,
+        seed=training_args.seed,
+    )
 
-    # Model & tokenizer
-    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+    # Model
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training

@@ -13,32 +13,63 @@ import logging
 
 from trl import KTOConfig, KTOTrainer, get_peft_config
 
-from prefopt.config import configure_logging, describe_batch, parse_args
-from prefopt.data import load_preference_dataset, select_splits, unpaired_shuffled
-from prefopt.errors import exit_on_user_error
+from prefopt.config import describe_batch, parse_args
+from prefopt.data import load_preference_data, unpaired_shuffled
+from prefopt.errors import UserError, exit_on_user_error
 from prefopt.finish import finish_run
+from prefopt.locking import lock_outputs
 from prefopt.modeling import load_model, load_tokenizer
 
 logger = logging.getLogger("kto")
 
 
+def balance_class_weights(training_args: KTOConfig, labels: list[bool]) -> None:
+    """Hold lambda_D * n_D / (lambda_U * n_U) in [1, 4/3], the KTO paper's rule for unbalanced data.
+
+    Weights left at their defaults (1, 1) are set to meet the rule; weights the config chose are only checked.
+    """
+    desirable = sum(labels)
+    undesirable = len(labels) - desirable
+    if desirable == 0 or undesirable == 0:
+        raise UserError(f"KTO needs desirable and undesirable examples; got {desirable} and {undesirable}")
+    logger.info("KTO examples: %d desirable, %d undesirable", desirable, undesirable)
+    ratio = training_args.desirable_weight * desirable / (training_args.undesirable_weight * undesirable)
+    if 1 <= ratio <= 4 / 3:
+        return
+    if (training_args.desirable_weight, training_args.undesirable_weight) != (1.0, 1.0):
+        logger.warning("desirable/undesirable weighted ratio %.2f is outside the KTO paper's [1, 4/3]", ratio)
+        return
+    if desirable < undesirable:
+        training_args.desirable_weight = undesirable / desirable
+    else:
+        training_args.undesirable_weight = desirable / undesirable
+    logger.info(
+        "unbalanced data: desirable_weight %.3g, undesirable_weight %.3g (weighted ratio 1, KTO paper: [1, 4/3])",
+        training_args.desirable_weight,
+        training_args.undesirable_weight,
+    )
+
 def main(script_args, training_args, model_args, run_args):
-    configure_logging(training_args)
+    lock_outputs(training_args.output_dir, run_args.merged_model_dir)
     logger.info(describe_batch(training_args))
 
-    # Data
-    dataset = load_preference_dataset(script_args)
-    train_dataset, eval_dataset = select_splits(
-        dataset, script_args, evaluate=training_args.eval_strategy != "no", unpaired_ok=True
+    # Tokenizer & data, checked before the model is loaded
+    tokenizer = load_tokenizer(model_args, run_args, training_args.trust_remote_code)
+    train_dataset, eval_dataset = load_preference_data(
+        script_args,
+        run_args,
+        tokenizer,
+        evaluate=training_args.eval_strategy != "no",
+        max_length=training_args.max_length,
+        seed=training_args.seed,
+        unpaired_ok=True,
     )
     train_dataset = unpaired_shuffled(train_dataset, training_args.seed)
     if eval_dataset is not None:
         eval_dataset = unpaired_shuffled(eval_dataset, training_args.seed)
-    desirable = sum(train_dataset["label"])
-    logger.info("KTO examples: %d desirable, %d undesirable", desirable, len(train_dataset) - desirable)
+    balance_class_weights(training_args, train_dataset["label"])
 
-    # Model & tokenizer
-    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+    # Model
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training

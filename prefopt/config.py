@@ -6,6 +6,7 @@ training (merge, plots). Every check here runs before any model or data is loade
 """
 
 import difflib
+import json
 import logging
 import re
 import sys
@@ -38,16 +39,64 @@ class RunArguments:
         metadata={"help": "Replace an existing `merged_model_dir`. Without it the run refuses to start."},
     )
     images_dir: str = field(default="images", metadata={"help": "Where the loss plots are written."})
+    dataset_columns: dict[str, str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Your column names for TRL's, e.g. {prompt: question, chosen: response_a, rejected: response_b} "
+            "in YAML, or the same as JSON on the command line."
+        },
+    )
+    test_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "When the data has no test split, hold out this fraction (< 1) or number of train rows as one, "
+            "drawn with the run's seed."
+        },
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Jinja chat template (.jinja/.j2 file) or a tokenizer directory whose template is used, for a "
+            "tokenizer that has none. The merged model is saved with it."
+        },
+    )
+
+
+# Keys of older library versions and of the algorithms' own repos -> (what they are now, how the value carries over).
+# transformers 5 removed `warmup_ratio`: `warmup_steps` below 1 is a fraction of the total steps.
+RENAMED_KEYS = {
+    "warmup_ratio": ("warmup_steps", lambda value, config: value),
+    "torch_dtype": ("dtype", lambda value, config: value),
+    # The SimPO repo's margin is relative to beta; TRL's simpo_gamma is the margin itself.
+    "gamma_beta_ratio": ("simpo_gamma", lambda value, config: value * config.get("beta", SIMPO_PAPER_BETA)),
+}
+SIMPO_PAPER_BETA = 2.0  # simpo.py's default beta, used when a config gives gamma_beta_ratio without beta
+SECRET_KEYS = ("hub_token",)
+
+logger = logging.getLogger(__name__)
 
 
 class PrefOptParser(TrlParser):
-    """TRL's parser whose errors are `UserError`s naming the config file, instead of argparse's usage dump."""
+    """TRL's parser, with errors that name the config file and well-known renamed keys carried over."""
 
     config_path: str | None = None
 
     def error(self, message: str):
         where = f"{self.config_path}: " if self.config_path else ""
         raise UserError(f"{where}{message}")
+
+    def set_defaults_with_config(self, **config) -> list[str]:
+        for key in SECRET_KEYS:
+            if key in config:
+                raise UserError(
+                    f"{self.config_path}: '{key}' does not belong in a config file; log in with `hf auth login` "
+                    "or set the HF_TOKEN environment variable"
+                )
+        for old_key, (new_key, convert) in RENAMED_KEYS.items():
+            if old_key in config and new_key not in config:
+                config[new_key] = convert(config.pop(old_key), config)
+                logger.warning("%s: '%s' is now '%s: %s'", self.config_path, old_key, new_key, config[new_key])
+        return super().set_defaults_with_config(**config)
 
 
 def parse_args(training_config_class: type, args: list[str] | None = None) -> tuple:
@@ -71,11 +120,16 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
     _reject_unknown(cli_unknown, known_keys, where="command line")
 
     script_args, training_args, model_args, run_args = parsed
+    if isinstance(run_args.dataset_columns, str):
+        run_args.dataset_columns = _json_mapping(run_args.dataset_columns, "dataset_columns")
     if run_args.merged_model_dir is None:
         run_args.merged_model_dir = str(Path("models") / Path(training_args.output_dir).name)
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint)
+    configure_logging(training_args)
     _check_values(training_args, model_args, where=parser.config_path or "command line")
     _check_paths(script_args, model_args, training_args, run_args)
+    for warning in unusual_settings(training_args, model_args):
+        logger.warning(warning)
     return script_args, training_args, model_args, run_args
 
 
@@ -84,6 +138,29 @@ def configure_logging(training_args) -> None:
     level = logging.INFO if PartialState().is_main_process else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+
+
+def unusual_settings(training_args, model_args: ModelConfig) -> list[str]:
+    """Settings that are valid but far from what the algorithms' papers and LoRA practice use."""
+    warnings = []
+    beta = training_args.beta
+    if getattr(training_args, "loss_type", None) == "simpo":
+        if not 1.0 <= beta <= 10.0:
+            warnings.append(
+                f"SimPO beta {beta:g} is far from the paper's 2.0-2.5; below 1 the loss hardly moves (see README)"
+            )
+        if not 0.25 <= training_args.simpo_gamma / beta <= 1.0:
+            warnings.append(
+                f"SimPO simpo_gamma/beta = {training_args.simpo_gamma / beta:.2g}; the paper uses 0.3-0.8 (about 0.5)"
+            )
+    elif not 0.01 <= beta <= 1.0:
+        warnings.append(f"beta {beta:g} is outside the usual 0.01-1.0 of DPO and KTO (0.1 in both papers)")
+    learning_rate = training_args.learning_rate
+    if model_args.use_peft and not 1e-6 <= learning_rate <= 1e-2:
+        warnings.append(f"learning_rate {learning_rate:g} is unusual for LoRA (typically 1e-5 to 1e-3)")
+    if not model_args.use_peft and learning_rate > 1e-4:
+        warnings.append(f"learning_rate {learning_rate:g} is high for full fine-tuning (typically 5e-7 to 1e-5)")
+    return warnings
 
 
 def describe_batch(training_args) -> str:
@@ -109,6 +186,16 @@ def _config_path(args: list[str] | None) -> str | None:
     if not Path(path).is_file():
         raise UserError(f"config file not found: {path}")
     return path
+
+
+def _json_mapping(text: str, key: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError(f"{key} must be a mapping, e.g. '{{\"prompt\": \"question\"}}', got {text!r}")
+    return value
 
 
 def _one_line(error: Exception) -> str:

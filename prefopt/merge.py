@@ -25,6 +25,7 @@ def merge_adapter(adapter_dir: str | Path, merged_dir: str | Path, model_args: M
         revision=model_args.model_revision,
         dtype=torch_dtype(model_args.dtype),
         trust_remote_code=trust_remote_code,
+        use_safetensors=True,
     )
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)

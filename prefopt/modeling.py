@@ -1,18 +1,36 @@
 """Loading the tokenizer and the base model to train, the same way for the three algorithms."""
 
+from pathlib import Path
+
 import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, get_quantization_config
 
+from prefopt.errors import UserError
 
-def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+
+def load_tokenizer(model_args: ModelConfig, run_args, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with the chat template of `chat_template_path` when one is given."""
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
     )
+    if run_args.chat_template_path:
+        tokenizer.chat_template = read_chat_template(run_args.chat_template_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def read_chat_template(path: str) -> str:
+    """A Jinja template from a .jinja/.j2 file, or the template of the tokenizer saved in a directory."""
+    if Path(path).is_file() and Path(path).suffix in (".jinja", ".j2"):
+        return Path(path).read_text()
+    if Path(path).is_dir():
+        template = AutoTokenizer.from_pretrained(path).chat_template
+        if template:
+            return template
+    raise UserError(f"chat_template_path: '{path}' is neither a .jinja/.j2 file nor a tokenizer with a chat template")
 
 
 def torch_dtype(name: str | None) -> torch.dtype | str | None:
@@ -32,4 +50,5 @@ def load_model(model_args: ModelConfig, trust_remote_code: bool = False) -> PreT
         # Quantized weights are placed when loaded, one copy per process; the Trainer moves unquantized ones.
         device_map={"": PartialState().device} if quantization_config else None,
         trust_remote_code=trust_remote_code,
+        use_safetensors=True,  # never unpickle weights
     )

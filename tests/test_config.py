@@ -120,3 +120,46 @@ def test_shipped_demo_configs_parse(algorithm, tmp_path, monkeypatch):
     )
     assert model_args.use_peft and training_args.bf16 is False and training_args.gradient_checkpointing is False
     assert run_args.merged_model_dir == f"models/{algorithm}_v1"
+
+
+def test_renamed_keys_of_published_configs_carry_over(write_config, caplog):
+    config = write_config(warmup_ratio=0.1, torch_dtype="bfloat16", beta=2.5, gamma_beta_ratio=0.55, loss_type="simpo")
+    _, training_args, model_args, _ = parse_args(SimPOConfig, ["--config", config])
+    assert training_args.warmup_steps == 0.1 and model_args.dtype == "bfloat16"
+    assert training_args.simpo_gamma == pytest.approx(1.375)
+    assert "'gamma_beta_ratio' is now 'simpo_gamma: 1.375'" in caplog.text
+
+
+def test_hub_token_in_a_config_is_refused(write_config):
+    with pytest.raises(UserError, match="'hub_token' does not belong in a config file"):
+        parse_args(DPOConfig, ["--config", write_config(hub_token="hf_secret")])
+
+
+def test_dataset_columns_from_yaml_and_json(write_config):
+    columns = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    *_, run_args = parse_args(DPOConfig, ["--config", write_config(dataset_columns=columns)])
+    assert run_args.dataset_columns == columns
+    cli = ["--dataset_columns", '{"prompt": "question"}']
+    assert parse_args(DPOConfig, ["--config", write_config(), *cli])[3].dataset_columns == {"prompt": "question"}
+    with pytest.raises(UserError, match="dataset_columns must be a mapping"):
+        parse_args(DPOConfig, ["--config", write_config(), "--dataset_columns", "question"])
+
+
+@pytest.mark.parametrize(
+    "config_class, overrides, warning",
+    [
+        (SimPOConfig, {"beta": 0.1, "simpo_gamma": 0.5}, "SimPO beta 0.1 is far from the paper's 2.0-2.5"),
+        (SimPOConfig, {"beta": 2.0, "simpo_gamma": 4.0}, "SimPO simpo_gamma/beta = 2"),
+        (DPOConfig, {"beta": 5.0}, "beta 5 is outside the usual 0.01-1.0 of DPO and KTO"),
+        (DPOConfig, {"use_peft": True, "learning_rate": 0.1}, "learning_rate 0.1 is unusual for LoRA"),
+        (DPOConfig, {"use_peft": False, "learning_rate": 1e-3}, "learning_rate 0.001 is high for full fine-tuning"),
+    ],
+)
+def test_unusual_settings_are_warned_about(write_config, caplog, config_class, overrides, warning):
+    parse_args(config_class, ["--config", write_config(**overrides)])
+    assert warning in caplog.text
+
+
+def test_shipped_settings_raise_no_warning(write_config, caplog):
+    parse_args(SimPOConfig, ["--config", write_config(use_peft=True, learning_rate=2e-3)])
+    assert "WARNING" not in caplog.text
