@@ -163,3 +163,23 @@ def test_unusual_settings_are_warned_about(write_config, caplog, config_class, o
 def test_shipped_settings_raise_no_warning(write_config, caplog):
     parse_args(SimPOConfig, ["--config", write_config(use_peft=True, learning_rate=2e-3)])
     assert "WARNING" not in caplog.text
+
+
+RECIPES = sorted((REPO / "training_configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_real_model_recipes_parse_and_validate(recipe, caplog):
+    """The hub ids cannot be downloaded here: parse and validate as far as that goes, with no warning raised."""
+    config_class = {"dpo": DPOConfig, "kto": KTOConfig, "simpo": SimPOConfig}[recipe.stem.split("_")[0]]
+    # use_cpu: the recipes ask for bf16, which TrainingArguments refuses on a machine without a GPU otherwise
+    _, training_args, model_args, run_args = parse_args(config_class, ["--config", str(recipe), "--use_cpu", "true"])
+    assert model_args.use_peft and training_args.bf16 and training_args.gradient_checkpointing
+    assert run_args.merged_model_dir.startswith("models/")
+    assert "WARNING" not in caplog.text
+
+
+def test_recipes_cover_every_algorithm_and_qlora():
+    names = {f"{path.parent.name}/{path.stem}" for path in RECIPES}
+    assert {"qwen2.5-0.5b-instruct/dpo", "qwen2.5-0.5b-instruct/kto", "qwen2.5-0.5b-instruct/simpo"} <= names
+    assert any("qlora" in name for name in names)
