@@ -49,6 +49,7 @@ def balance_class_weights(training_args: KTOConfig, labels: list[bool]) -> None:
         training_args.undesirable_weight,
     )
 
+
 def main(script_args, training_args, model_args, run_args):
     lock_outputs(training_args.output_dir, run_args.merged_model_dir)
     logger.info(describe_batch(training_args))
@@ -56,13 +57,7 @@ def main(script_args, training_args, model_args, run_args):
     # Tokenizer & data, checked before the model is loaded
     tokenizer = load_tokenizer(model_args, run_args, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(
-        script_args,
-        run_args,
-        tokenizer,
-        evaluate=training_args.eval_strategy != "no",
-        max_length=training_args.max_length,
-        seed=training_args.seed,
-        unpaired_ok=True,
+        script_args, training_args, run_args, tokenizer, unpaired_ok=True
     )
     train_dataset = unpaired_shuffled(train_dataset, training_args.seed)
     if eval_dataset is not None:

@@ -45,14 +45,7 @@ def main(script_args, training_args, model_args, run_args):
 
     # Tokenizer & data, checked before the model is loaded
     tokenizer = load_tokenizer(model_args, run_args, training_args.trust_remote_code)
-    train_dataset, eval_dataset = load_preference_data(
-        script_args,
-        run_args,
-        tokenizer,
-        evaluate=training_args.eval_strategy != "no",
-        max_length=training_args.max_length,
-        seed=training_args.seed,
-    )
+    train_dataset, eval_dataset = load_preference_data(script_args, training_args, run_args, tokenizer)
 
     # Model
     model = load_model(model_args, training_args.trust_remote_code)

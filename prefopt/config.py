@@ -194,7 +194,7 @@ def _json_mapping(text: str, key: str) -> dict:
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
-        raise UserError(f"{key} must be a mapping, e.g. '{{\"prompt\": \"question\"}}', got {text!r}")
+        raise UserError(f'{key} must be a mapping, e.g. \'{{"prompt": "question"}}\', got {text!r}')
     return value
 
 

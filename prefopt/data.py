@@ -21,15 +21,13 @@ UNPAIRED_COLUMNS = ("prompt", "completion", "label")
 
 def load_preference_data(
     script_args: ScriptArguments,
+    training_args,
     run_args,
     tokenizer: PreTrainedTokenizerBase,
-    *,
-    evaluate: bool,
-    max_length: int | None,
-    seed: int,
     unpaired_ok: bool = False,
 ) -> tuple[Dataset, Dataset | None]:
-    """The train split and, when `evaluate`, the test split, in TRL's column names and checked row by row."""
+    """The train split and, when the run evaluates, the test split, in TRL's column names and checked row by row."""
+    evaluate, max_length, seed = training_args.eval_strategy != "no", training_args.max_length, training_args.seed
     dataset = load_preference_dataset(script_args)
     if run_args.dataset_columns:
         dataset = rename_columns(dataset, run_args.dataset_columns, script_args.dataset_name)

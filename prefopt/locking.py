@@ -24,5 +24,7 @@ def lock_outputs(*directories: str | Path) -> None:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock_file.close()
-            raise UserError(f"another run is writing to '{directory}'; wait for it or choose another directory") from None
+            raise UserError(
+                f"another run is writing to '{directory}'; wait for it or choose another directory"
+            ) from None
         _held_locks.append(lock_file)

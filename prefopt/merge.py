@@ -13,7 +13,9 @@ from prefopt.modeling import torch_dtype
 logger = logging.getLogger(__name__)
 
 
-def merge_adapter(adapter_dir: str | Path, merged_dir: str | Path, model_args: ModelConfig, trust_remote_code: bool = False) -> Path:
+def merge_adapter(
+    adapter_dir: str | Path, merged_dir: str | Path, model_args: ModelConfig, trust_remote_code: bool = False
+) -> Path:
     """Save base model + adapter as one plain transformers model, with the tokenizer used in training.
 
     The base is always reloaded unquantized, in `model_args.dtype`: merging into 4-bit weights would round the

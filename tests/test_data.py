@@ -35,16 +35,11 @@ def write_jsonl(path, rows):
 
 
 def load(source, tokenizer, *, evaluate=False, max_length=64, unpaired_ok=False, **run_keys):
-    """`load_preference_data` as the scripts call it, with the RunArguments keys it reads."""
+    """`load_preference_data` as the scripts call it, with the config keys it reads."""
     run_args = SimpleNamespace(**{"dataset_columns": None, "test_size": None, **run_keys})
+    training_args = SimpleNamespace(eval_strategy="steps" if evaluate else "no", max_length=max_length, seed=0)
     return load_preference_data(
-        ScriptArguments(dataset_name=str(source)),
-        run_args,
-        tokenizer,
-        evaluate=evaluate,
-        max_length=max_length,
-        seed=0,
-        unpaired_ok=unpaired_ok,
+        ScriptArguments(dataset_name=str(source)), training_args, run_args, tokenizer, unpaired_ok
     )
 
 
@@ -160,7 +155,9 @@ def test_empty_split(tmp_path, tokenizer):
 def test_conversational_data_needs_a_chat_template(tmp_path, tokenizer):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     tokenizer.chat_template = None
-    with pytest.raises(UserError, match="the data is conversational but the tokenizer has no chat template; set chat_template_path"):
+    with pytest.raises(
+        UserError, match="the data is conversational but the tokenizer has no chat template; set chat_template_path"
+    ):
         load(write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS), tokenizer)
 
 
@@ -184,4 +181,6 @@ def test_kto_unpairing_mixes_labels_in_every_batch():
     unpaired = unpaired_shuffled(paired, seed=42)
     assert len(unpaired) == 2000 and sum(unpaired["label"]) == 1000
     assert batches_with_both_labels(unpaired, batch_size=16) > 0.95
-    assert list(unpaired["completion"]) == list(unpaired_shuffled(paired, seed=42)["completion"])  # the seed fixes the order
+    assert list(unpaired["completion"]) == list(
+        unpaired_shuffled(paired, seed=42)["completion"]
+    )  # the seed fixes the order

@@ -96,7 +96,9 @@ def qwen2_model(demo_assets, tmp_path_factory):
 
 @pytest.mark.parametrize("algorithm", ["dpo", "simpo"])
 def test_another_architecture_trains_and_merges(algorithm, demo_assets, qwen2_model, tmp_path):
-    run_script(f"{algorithm}.py", *training_args(algorithm, demo_assets, tmp_path, STEPS, "--model_name_or_path", qwen2_model))
+    run_script(
+        f"{algorithm}.py", *training_args(algorithm, demo_assets, tmp_path, STEPS, "--model_name_or_path", qwen2_model)
+    )
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / f"{algorithm}_test")
     assert merged.config.model_type == "qwen2"
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "models" / f"{algorithm}_test")

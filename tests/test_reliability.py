@@ -26,7 +26,11 @@ def test_killed_run_resumes_with_the_same_loss_curve(demo_assets, tmp_path):
     run_script("dpo.py", *training_args("dpo", demo_assets, uninterrupted, RESUME_STEPS, *flags))
 
     killed = tmp_path / "killed"
-    command = [sys.executable, str(REPO / "dpo.py"), *map(str, training_args("dpo", demo_assets, killed, RESUME_STEPS, *flags))]
+    command = [
+        sys.executable,
+        str(REPO / "dpo.py"),
+        *map(str, training_args("dpo", demo_assets, killed, RESUME_STEPS, *flags)),
+    ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_checkpoint = killed / "outputs" / "dpo_test" / "checkpoint-10" / "trainer_state.json"
     deadline = time.monotonic() + 300
@@ -37,7 +41,9 @@ def test_killed_run_resumes_with_the_same_loss_curve(demo_assets, tmp_path):
     output_dir = killed / "outputs" / "dpo_test"
     assert not (output_dir / "adapter_model.safetensors").exists(), "the run finished before it was killed"
 
-    run_script("dpo.py", *training_args("dpo", demo_assets, killed, RESUME_STEPS, *flags, "--resume_from_checkpoint", "true"))
+    run_script(
+        "dpo.py", *training_args("dpo", demo_assets, killed, RESUME_STEPS, *flags, "--resume_from_checkpoint", "true")
+    )
     expected, resumed = losses(uninterrupted / "outputs" / "dpo_test"), losses(output_dir)
     assert sorted(resumed) == list(range(1, RESUME_STEPS + 1))  # the checkpoint brings back the earlier history
     for step, loss in expected.items():

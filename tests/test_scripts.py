@@ -40,7 +40,10 @@ def test_output_dir_holds_adapter_state_and_checkpoints(runs, algorithm):
     assert (output_dir / "adapter_config.json").is_file()
     assert (output_dir / "adapter_model.safetensors").is_file()
     assert log_history(run_dir, algorithm)[-1]["step"] == MAX_STEPS
-    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-50", "checkpoint-60"]  # save_steps 50, and the last step
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == [
+        "checkpoint-50",
+        "checkpoint-60",
+    ]  # save_steps 50, and the last step
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
