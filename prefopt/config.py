@@ -8,6 +8,7 @@ training (merge, plots). Every check here runs before any model or data is loade
 import difflib
 import json
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -126,6 +127,12 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
         run_args.merged_model_dir = str(Path("models") / Path(training_args.output_dir).name)
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint)
     configure_logging(training_args)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if PartialState().num_processes < launched:
+        raise UserError(
+            f"accelerate started {launched} processes but they did not join one run; on a machine without GPUs "
+            "set use_cpu: true (or --use_cpu true)"
+        )
     _check_values(training_args, model_args, where=parser.config_path or "command line")
     _check_paths(script_args, model_args, training_args, run_args)
     for warning in unusual_settings(training_args, model_args):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from trl import ModelConfig
 
 from prefopt.atomic import atomic_directory
@@ -22,6 +23,8 @@ def merge_adapter(
     adapter's update away. `merged_dir` appears only once complete; a previous model there survives any failure.
     """
     adapter_dir = Path(adapter_dir)
+    # After a ZeRO-3 run from_pretrained would still shard the base over the processes, which wait for this one.
+    unset_hf_deepspeed_config()
     base = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,

@@ -5,6 +5,8 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.integrations.fsdp import is_fsdp_enabled
 from trl import ModelConfig, get_quantization_config
 
 from prefopt.errors import UserError
@@ -41,14 +43,16 @@ def torch_dtype(name: str | None) -> torch.dtype | str | None:
 def load_model(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedModel:
     """The base model, quantized with bitsandbytes when `load_in_4bit`/`load_in_8bit` asks for QLoRA."""
     quantization_config = get_quantization_config(model_args)
+    # Quantized weights are placed when loaded, one copy per process; the Trainer moves unquantized ones. ZeRO-3 and
+    # FSDP shard them instead, and from_pretrained refuses a device_map under ZeRO-3.
+    place_quantized = quantization_config is not None and not (is_deepspeed_zero3_enabled() or is_fsdp_enabled())
     return AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         dtype=torch_dtype(model_args.dtype),
         attn_implementation=model_args.attn_implementation,
         quantization_config=quantization_config,
-        # Quantized weights are placed when loaded, one copy per process; the Trainer moves unquantized ones.
-        device_map={"": PartialState().device} if quantization_config else None,
+        device_map={"": PartialState().device} if place_quantized else None,
         trust_remote_code=trust_remote_code,
         use_safetensors=True,  # never unpickle weights
     )
