@@ -7,8 +7,14 @@ usage() {
 Usage:
   bash run_script.bash
       The default experiment: builds the demo base model and data if missing (models/demo-base, data/demo),
-      trains DPO, KTO and SimPO from training_configs/{dpo,kto,simpo}_v1.yaml, merges each into models/,
-      and plots into images/. Re-running replaces the experiment's own earlier outputs.
+      trains DPO, KTO and SimPO from training_configs/{dpo,kto,simpo}_v1.yaml and the SimPO ablation from
+      training_configs/simpo_trl_defaults.yaml, merges each into models/, evaluates them on the held-out pairs,
+      and writes the figures to images/ and the tables to results/. Re-running replaces the experiment's own
+      earlier outputs.
+
+  bash run_script.bash sweep [FLAGS...]
+      The reward-KL frontier: python -m prefopt.sweep (each algorithm over a small grid of beta, and SimPO's
+      gamma), then the figures and tables. FLAGS go to prefopt.sweep, e.g. --algorithms dpo.
 
   bash run_script.bash SCRIPT [CONFIG] [ACCELERATE_CONFIG] [-- FLAGS...]
       One run: SCRIPT is dpo, kto or simpo; CONFIG defaults to training_configs/SCRIPT_v1.yaml;
@@ -42,6 +48,17 @@ train() {  # train SCRIPT CONFIG ACCELERATE_CONFIG [FLAGS...]
   accelerate launch --config_file "$launch_config" "$script.py" --config "$config" "$@"
 }
 
+if [ "${1:-}" = sweep ]; then
+  shift
+  start=$SECONDS
+  python -m prefopt.demo
+  echo "run_script: python -m prefopt.sweep $*"
+  python -m prefopt.sweep "$@"
+  python -m prefopt.results
+  echo "run_script: sweep done in $((SECONDS - start))s; results/sweep.json, images/comparison_reward_vs_kl.png"
+  exit 0
+fi
+
 if [ $# -gt 0 ]; then
   script=$1
   case "$script" in dpo|kto|simpo) ;; *) echo "run_script: unknown script '$script' (dpo, kto or simpo)" >&2; exit 2 ;; esac
@@ -60,4 +77,14 @@ python -m prefopt.demo
 for script in dpo kto simpo; do
   train "$script" "training_configs/${script}_v1.yaml" "$accelerate_config" --overwrite_merged true
 done
-echo "run_script: default experiment done in $((SECONDS - start))s; merged models in models/, plots in images/"
+echo "run_script: the SimPO ablation, with TRL's default beta and gamma"
+train simpo training_configs/simpo_trl_defaults.yaml "$accelerate_config" --overwrite_merged true
+
+echo "run_script: evaluating the merged models on the held-out pairs"
+python -m prefopt.evaluate models/dpo_v1 models/kto_v1 models/simpo_v1 models/simpo_trl_defaults \
+  --reward_fn prefopt.sentiment:gold_reward
+python -m prefopt.compare
+python -m prefopt.ablation
+python -m prefopt.results
+echo "run_script: default experiment done in $((SECONDS - start))s; merged models in models/, figures in images/," \
+  "tables in results/results.md (python -m prefopt.results --update_readme copies them into README.md)"
