@@ -47,7 +47,8 @@ def test_figures_are_written(tmp_path):
 
 def test_no_reward_kl_figure_without_rewards(tmp_path):
     run = write_run(tmp_path / "dpo", loss=[0.69, 0.6, 0.5])
-    main(["--runs", str(run), "--results", str(tmp_path / "none"), "--images_dir", str(tmp_path / "images")])
+    none = str(tmp_path / "none")
+    main(["--runs", str(run), "--results", none, "--sweep", none, "--images_dir", str(tmp_path / "images")])
     assert sorted(path.name for path in (tmp_path / "images").iterdir()) == [
         "comparison_rewards.png",
         "comparison_train_loss.png",
