@@ -2,16 +2,17 @@
 and the memory of merging an adapter into a 1 GB model.
 
     python -m prefopt.bench                        # ours vs TRL, DPO/KTO/SimPO: about 15 min on 2 busy CPU cores
-    python -m prefopt.bench settings               # precompute_ref_log_probs, padding_free, checkpointing, workers
+    python -m prefopt.bench settings               # precompute_ref_log_probs, checkpointing, workers, threads
     python -m prefopt.bench scaling                # step time over max_length and batch size
     python -m prefopt.bench merge                  # peak memory of prefopt.merge on a random 1 GB Llama
     python -m prefopt.bench --algorithms dpo --max_steps 40 --repeats 5
 
 Every training run is a subprocess that trains `training_configs/<algorithm>_v1.yaml` on the demo (or --model and
---dataset) for --max_steps steps, evaluation and checkpoints off, measured by `prefopt.probe`. The runs of a suite
-are interleaved (A B A B ...), so that changes in the machine's load hit every variant alike, and each number is a
-median over --repeats runs. In `compare`, TRL's side is its example script (trl/scripts/dpo.py, kto.py: what
-`trl dpo` and `trl kto` launch) on the same YAML without our keys; TRL has no SimPO script, `trl_simpo` plays it.
+--dataset) for --max_steps steps, evaluation and checkpoints off, from an empty datasets cache, measured by
+`prefopt.probe`. The runs of a suite are interleaved (A B A B ...), so that changes in the machine's load hit every
+variant alike, and each number is a median over --repeats runs. In `compare`, TRL's side is its example script
+(trl/scripts/dpo.py, kto.py: what `trl dpo` and `trl kto` launch) on the same YAML without our keys; TRL has no SimPO
+script, `trl_simpo` plays it.
 
 Measured per run:
 - step time: the median time between optimizer steps, the first (warm-up) step left out; step CPU time: the same in
@@ -24,9 +25,10 @@ Measured per run:
   the run's compute dtype. 6N is the usual convention; LoRA's backward skips frozen weights and DPO and KTO add a
   reference forward, so compare MFU between runners of one algorithm. On a CPU both are "n/a".
 
-Each suite writes <output_dir>/<suite>.json (every run) and <suite>.md (the tables), with the machine: CPU, cores,
-load average during the runs and library versions. The runs inherit the environment: `OMP_NUM_THREADS=1 python -m
-prefopt.bench scaling --name scaling_1thread` measures with one torch thread per run.
+Each suite writes <output_dir>/<name>.json (every run) and <name>.md (the tables), <name> being the suite unless
+--name says otherwise, with the machine: CPU, cores, load average during the runs and library versions. Both are
+rewritten after every run, and --resume continues an interrupted benchmark from them. The runs inherit the
+environment: `OMP_NUM_THREADS=1 python -m prefopt.bench --name compare_1thread` measures with one torch thread.
 """
 
 import argparse
@@ -61,19 +63,36 @@ ALGORITHMS = ("dpo", "kto", "simpo")
 PREFOPT, TRL = "prefopt", "TRL"
 BASELINE = "v1 config"
 
+SETTINGS_OFF = "v1 config, settings off"
 
-# Settings that may make training faster, as flags (or environment) of the scripts, and the algorithms they apply to.
+
+@dataclass(frozen=True)
+class SpeedSetting:
+    """A setting that may make training faster: the flags (or environment) that turn it on and off, and where."""
+
+    algorithms: tuple[str, ...]
+    on: tuple[str, ...] = ()
+    off: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+# Each is measured against the v1 config with all of them off, whatever the config ships. Not here: padding_free,
+# which TRL 1.16's DPOTrainer turns off again with a warning (KTO and CPO have none), and bf16, tf32 and the Liger
+# kernel, which need a GPU.
 SPEED_SETTINGS = {
-    "precompute_ref_log_probs": (("dpo", "kto"), ("--precompute_ref_log_probs", "true"), {}),
-    "precompute_ref_log_probs, batch 64": (
-        ("dpo", "kto"),
-        ("--precompute_ref_log_probs", "true", "--precompute_ref_batch_size", "64"),
-        {},
+    "precompute_ref_log_probs": SpeedSetting(
+        ("dpo", "kto"), ("--precompute_ref_log_probs", "true"), ("--precompute_ref_log_probs", "false")
     ),
-    "padding_free": (("dpo",), ("--padding_free", "true"), {}),
-    "gradient_checkpointing": (ALGORITHMS, ("--gradient_checkpointing", "true"), {}),
-    "dataloader_num_workers=2": (ALGORITHMS, ("--dataloader_num_workers", "2"), {}),
-    "OMP_NUM_THREADS=1": (ALGORITHMS, (), {"OMP_NUM_THREADS": "1"}),
+    "precompute_ref_log_probs, batch 64": SpeedSetting(
+        ("dpo", "kto"), ("--precompute_ref_log_probs", "true", "--precompute_ref_batch_size", "64")
+    ),
+    "gradient_checkpointing": SpeedSetting(
+        ALGORITHMS, ("--gradient_checkpointing", "true"), ("--gradient_checkpointing", "false")
+    ),
+    "dataloader_num_workers=2": SpeedSetting(
+        ALGORITHMS, ("--dataloader_num_workers", "2"), ("--dataloader_num_workers", "0")
+    ),
+    "OMP_NUM_THREADS=1": SpeedSetting(ALGORITHMS, env=(("OMP_NUM_THREADS", "1"),)),
 }
 V1_SHAPE = (16, 64)  # per_device_train_batch_size and max_length of the v1 configs
 MAX_LENGTHS = (16, 32, 64)  # demo sequences are 10-42 tokens: 16 and 32 truncate, 64 keeps them whole
@@ -180,17 +199,25 @@ def measure(variant: Variant, run_dir: Path, args: argparse.Namespace) -> dict:
     """Run one variant in a subprocess and return what it measured."""
     run_dir.mkdir(parents=True)
     log_path = run_dir / "log.txt"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **dict(variant.env)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TOKENIZERS_PARALLELISM": "false",
+        # Every run starts from an empty datasets cache: TRL caches precomputed reference log-probs there, and a
+        # run that found an earlier run's would not pay for computing them.
+        "HF_DATASETS_CACHE": str(run_dir / "datasets_cache"),
+        **dict(variant.env),
+    }
     load_1min = os.getloadavg()[0]
     with log_path.open("w") as log:
-        start = time.perf_counter()
+        start, start_unix = time.perf_counter(), time.time()
         process = subprocess.Popen(
             command(variant, run_dir, args), cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         # wait4 rather than wait: it also returns the child's resource usage, whose ru_maxrss is the peak RSS of the
         # child or of any process it waited for (dataloader workers).
         _, status, usage = os.wait4(process.pid, 0)
-        wall_s = time.perf_counter() - start
+        wall_s, end_unix = time.perf_counter() - start, time.time()
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
     if process.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
@@ -218,6 +245,10 @@ def measure(variant: Variant, run_dir: Path, args: argparse.Namespace) -> dict:
         "setup_s": probe["train_begin_s"] - probe["init_end_s"],
         "train_runtime_s": probe["train_runtime_s"],
         "wall_s": wall_s,
+        # The rest of the wall time: imports, data, model and trainer before training; saving (and ours: merging
+        # and plotting) after.
+        "before_training_s": probe["train_begin_unix_s"] - start_unix,
+        "after_training_s": end_unix - probe["train_end_unix_s"],
         "load_1min": load_1min,
         "device": accelerator or "cpu",
         "compute_dtype": probe["compute_dtype"],
@@ -239,18 +270,31 @@ def peak_tflops(device_name: str, compute_dtype: str, override: float | None) ->
     raise UserError(f"bench: no peak TFLOPS known for {device_name}; pass --peak_tflops")
 
 
-def measure_interleaved(variants: list[Variant], args: argparse.Namespace, work_dir: Path) -> list[dict]:
-    """Each variant --repeats times, in the order A B C A B C ...: a drift in load hits all variants alike."""
+def measure_interleaved(
+    variants: list[Variant],
+    args: argparse.Namespace,
+    work_dir: Path,
+    done: list[dict],
+    after_each: Callable[[list[dict]], None],
+) -> list[dict]:
+    """Each variant --repeats times, in the order A B C A B C ...: a drift in load hits all variants alike.
+
+    Runs in `done` (of a resumed report) are kept, not repeated; `after_each` sees the runs so far after every run.
+    """
+    done = {(*variant_key(run), run["repeat"]): run for run in done}
     runs = []
-    total = len(variants) * args.repeats
     for repeat in range(args.repeats):
         for variant in variants:
+            if (*variant.key, repeat) in done:
+                runs.append(done[(*variant.key, repeat)])
+                continue
             metrics = measure(variant, work_dir / f"run{len(runs):03d}", args)
             runs.append({**asdict(variant), "repeat": repeat, **metrics})
+            after_each(runs)
             logger.info(
                 "bench: %d/%d %s: %.3f s/step (%.3f s CPU), wall %.1f s, load %.2f",
-                len(runs), total, variant, metrics["step_s"], metrics["cpu_step_s"], metrics["wall_s"],
-                metrics["load_1min"],
+                len(runs), len(variants) * args.repeats, variant, metrics["step_s"], metrics["cpu_step_s"],
+                metrics["wall_s"], metrics["load_1min"],
             )  # fmt: skip
     return runs
 
@@ -258,7 +302,7 @@ def measure_interleaved(variants: list[Variant], args: argparse.Namespace, work_
 # --- Summaries -------------------------------------------------------------------------------------------------------
 MEDIAN_METRICS = (
     "step_s", "cpu_step_s", "first_step_s", "tokens_per_step", "peak_rss_train_mib", "peak_rss_run_mib",
-    "peak_gpu_gib", "setup_s", "train_runtime_s", "wall_s",
+    "peak_gpu_gib", "setup_s", "train_runtime_s", "wall_s", "before_training_s", "after_training_s",
 )  # fmt: skip
 RATIO_METRICS = ("step_s", "cpu_step_s", "tokens_per_s", "peak_rss_train_mib", "peak_gpu_gib", "mfu", "wall_s")
 
@@ -268,9 +312,11 @@ def summarise(variants: list[Variant], runs: list[dict]) -> list[dict]:
     rows = []
     for variant in variants:
         mine = [run for run in runs if variant_key(run) == variant.key]
+        if not mine:  # not measured yet, in the report of an unfinished benchmark
+            continue
         row = {**asdict(variant), "repeats": len(mine)}
         for metric in MEDIAN_METRICS:
-            values = [run[metric] for run in mine if run[metric] is not None]
+            values = [run[metric] for run in mine if run.get(metric) is not None]
             row[metric] = statistics.median(values) if values else None
         row["step_s_min_max"] = [min(run["step_s"] for run in mine), max(run["step_s"] for run in mine)]
         row["tokens_per_s"] = row["tokens_per_step"] / row["step_s"]
@@ -301,6 +347,8 @@ def ratios(runs: list[dict], rows: list[dict], reference_of: Reference) -> list[
             for run in runs
             if variant_key(run) == variant_key(row) and (*reference_key, run["repeat"]) in by_key
         ]
+        if not pairs:
+            continue
         extra_setup_s = statistics.median(run["setup_s"] - reference["setup_s"] for run, reference in pairs)
         saved_per_step_s = statistics.median(reference["step_s"] - run["step_s"] for run, reference in pairs)
         result.append(
@@ -336,14 +384,15 @@ def compare_suite(algorithms: list[str]) -> tuple[list[Variant], Reference]:
 
 
 def settings_suite(algorithms: list[str]) -> tuple[list[Variant], Reference]:
-    no_merge = ("--merge", "false")  # merging is the same whatever the setting
     variants = []
     for algorithm in algorithms:
-        variants.append(Variant(algorithm, flags=no_merge))
-        for label, (applies_to, flags, env) in SPEED_SETTINGS.items():
-            if algorithm in applies_to:
-                variants.append(Variant(algorithm, label=label, flags=no_merge + flags, env=tuple(env.items())))
-    return variants, lambda row: (row["algorithm"], PREFOPT, BASELINE)
+        settings = {label: setting for label, setting in SPEED_SETTINGS.items() if algorithm in setting.algorithms}
+        # Merging is the same whatever the setting; a later flag overrides an earlier one.
+        all_off = ("--merge", "false", *(flag for setting in settings.values() for flag in setting.off))
+        variants.append(Variant(algorithm, label=SETTINGS_OFF, flags=all_off))
+        for label, setting in settings.items():
+            variants.append(Variant(algorithm, label=label, flags=all_off + setting.on, env=setting.env))
+    return variants, lambda row: (row["algorithm"], PREFOPT, SETTINGS_OFF)
 
 
 def scaling_suite(algorithms: list[str]) -> tuple[list[Variant], Reference]:
@@ -373,14 +422,14 @@ MERGE_BASE = {
 MERGE_LORA = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}  # the v1 configs' LoRA
 
 
-def build_merge_assets(base_dir: Path, adapter_dir: Path, tokenizer_dir: Path) -> None:
+def build_merge_assets(base_dir: Path, adapter_dir: Path, tokenizer_dir: Path, base_config: dict) -> None:
     """The random base in float32 and a LoRA adapter for it whose update is not zero, as a trained one's is not."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**MERGE_BASE))
+    model = LlamaForCausalLM(LlamaConfig(**base_config))
     model.save_pretrained(base_dir)
     adapter = get_peft_model(model, LoraConfig(**MERGE_LORA, init_lora_weights=False))
     adapter.save_pretrained(adapter_dir)
@@ -409,9 +458,9 @@ def in_fresh_process(function: Callable, *args):
         return pool.submit(function, *args).result()
 
 
-def merge_suite(args: argparse.Namespace, work_dir: Path) -> dict:
+def merge_suite(args: argparse.Namespace, work_dir: Path, base_config: dict = MERGE_BASE) -> dict:
     base_dir, adapter_dir = work_dir / "base", work_dir / "adapter"
-    in_fresh_process(build_merge_assets, base_dir, adapter_dir, args.model)
+    in_fresh_process(build_merge_assets, base_dir, adapter_dir, args.model, base_config)
     model_bytes = sum(path.stat().st_size for path in base_dir.glob("*.safetensors"))
     adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
     runs = []
@@ -423,6 +472,7 @@ def merge_suite(args: argparse.Namespace, work_dir: Path) -> dict:
     peak = statistics.median(run["peak_rss_bytes"] for run in runs)
     runtime = statistics.median(run["runtime_rss_bytes"] for run in runs)
     return {
+        "base_config": base_config,
         "runs": runs,
         "summary": {
             "model_bytes": model_bytes,
@@ -469,6 +519,7 @@ MEASUREMENT_COLUMNS = (
     ("tokens/s", "tokens_per_s"), ("peak RSS train (MiB)", "peak_rss_train_mib"),
     ("peak RSS run (MiB)", "peak_rss_run_mib"), ("peak GPU (GiB)", "peak_gpu_gib"), ("MFU", "mfu"),
     ("setup (s)", "setup_s"), ("train runtime (s)", "train_runtime_s"), ("wall (s)", "wall_s"),
+    ("before training (s)", "before_training_s"), ("after training (s)", "after_training_s"),
 )  # fmt: skip
 RATIO_COLUMNS = (
     ("step time", "step_s"), ("step CPU time", "cpu_step_s"), ("tokens/s", "tokens_per_s"),
@@ -476,7 +527,7 @@ RATIO_COLUMNS = (
 )  # fmt: skip
 RATIO_TITLES = {
     "compare": "Ratio prefopt / TRL",
-    "settings": "Ratio to the v1 config",
+    "settings": "Ratio to the v1 config with the settings off",
     "scaling": "Ratio to DPO at the same batch and max_length",
 }
 
@@ -534,14 +585,38 @@ def training_markdown(report: dict) -> str:
     ]
     columns = [f"{name} ratio" for name, _ in RATIO_COLUMNS] + ["extra setup (s)", "break-even steps"]
     lines += [table(["algorithm", "settings", *columns], rows), ""]
+    if report["suite"] == "scaling":
+        lines += scaling_markdown(report)
     return "\n".join(lines)
+
+
+def scaling_markdown(report: dict) -> list[str]:
+    """The scaling suite at a glance: step time per shape and algorithm, and each algorithm's cost relative to DPO."""
+    algorithms = [
+        algorithm for algorithm in ALGORITHMS if any(row["algorithm"] == algorithm for row in report["summary"])
+    ]
+    step_s = {(row["label"], row["algorithm"]): row["step_s"] for row in report["summary"]}
+    over_dpo = {(row["label"], row["algorithm"]): row["step_s"] for row in report["ratios"]}
+    shapes = list(dict.fromkeys(row["label"] for row in report["summary"]))
+    others = [algorithm for algorithm in algorithms if algorithm != "dpo"]
+    rows = [
+        [
+            shape,
+            *(number(step_s.get((shape, algorithm))) for algorithm in algorithms),
+            *(number(over_dpo.get((shape, algorithm))) for algorithm in others),
+        ]
+        for shape in shapes
+    ]
+    columns = [f"{algorithm} step (s)" for algorithm in algorithms] + [f"{algorithm} / dpo" for algorithm in others]
+    return ["## Step time by shape", "", table(["shape", *columns], rows), ""]
 
 
 def merge_markdown(report: dict) -> str:
     summary, gib = report["summary"], 2**30
     lines = header(report) + [
         (
-            f"- Model: a random Llama ({', '.join(f'{key} {value}' for key, value in MERGE_BASE.items())}) saved in "
+            f"- Model: a random Llama ({', '.join(f'{key} {value}' for key, value in report['base_config'].items())}) "
+            "saved in "
             f"float32; adapter: LoRA {', '.join(f'{key} {value}' for key, value in MERGE_LORA.items())}. "
             f"`prefopt.merge.merge_adapter` with dtype float32, each run in a fresh process; median of "
             f"{len(report['runs'])} runs."
@@ -587,6 +662,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant; the median is reported")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks"), help="where <name>.json/.md go")
     parser.add_argument("--name", help="the report's file name, without extension (default: the suite)")
+    parser.add_argument("--resume", action="store_true", help="keep the runs of an unfinished report of that name")
     parser.add_argument("--peak_tflops", type=float, help="the GPU's dense peak, for MFU on cards not in PEAK_TFLOPS")
     args = parser.parse_args(argv)
     if not (args.model / "config.json").is_file():
@@ -613,20 +689,47 @@ def main(argv: list[str] | None = None) -> dict:
             "repeats": args.repeats,
         },
     }
+    name = args.name or args.suite
+    previous = resumed(args.output_dir / f"{name}.json", report) if args.resume else {}
+    report.update(created=previous.get("created", report["created"]), complete=False)
     args.model, args.dataset = args.model.resolve(), args.dataset.resolve()  # each run starts in its own directory
-    start = time.perf_counter()
+    start = time.perf_counter() - previous.get("duration_s", 0)
+
     with tempfile.TemporaryDirectory(prefix="prefopt-bench-") as work_dir:
         if args.suite == "merge":
             report.update(merge_suite(args, Path(work_dir)))
         else:
             variants, reference_of = TRAINING_SUITES[args.suite](args.algorithms)
-            runs = measure_interleaved(variants, args, Path(work_dir))
-            summary = summarise(variants, runs)
-            report.update(runs=runs, summary=summary, ratios=ratios(runs, summary, reference_of))
-    report["duration_s"] = time.perf_counter() - start
-    json_path, markdown_path = write_report(report, args.output_dir, args.name or args.suite)
-    logger.info("bench: %s in %.1f min -> %s, %s", args.suite, report["duration_s"] / 60, json_path, markdown_path)
+
+            def record(runs: list[dict]) -> None:
+                """The report so far, written after every run: an interrupted benchmark keeps what it measured."""
+                summary = summarise(variants, runs)
+                report.update(runs=runs, summary=summary, ratios=ratios(runs, summary, reference_of))
+                report["duration_s"] = time.perf_counter() - start
+                write_report(report, args.output_dir, name)
+
+            record(measure_interleaved(variants, args, Path(work_dir), previous.get("runs", []), record))
+    report.update(complete=True, duration_s=time.perf_counter() - start)
+    paths = write_report(report, args.output_dir, name)
+    logger.info("bench: %s in %.1f min -> %s, %s", args.suite, report["duration_s"] / 60, *paths)
     return report
+
+
+def resumed(path: Path, report: dict) -> dict:
+    """The report at `path` of an earlier, unfinished run of the same benchmark; {} if there is none."""
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    if resumable_as(previous) != resumable_as(report):
+        raise UserError(f"--resume: {path} is another benchmark ({previous['command']}); choose another --name")
+    logger.info("bench: resuming %s, %d runs done", path, len(previous.get("runs", [])))
+    return previous
+
+
+def resumable_as(report: dict) -> tuple:
+    """What a report must share with the one it resumes; not --repeats: more than before runs the missing ones."""
+    settings = report["settings"]
+    return report["suite"], settings["model"], settings["dataset"], settings["max_steps"]
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class ProbeCallback(TrainerCallback):
         self.path = Path(path)
         self.init_end_s = None
         self.train_begin_s = None
+        self.train_begin_unix_s = None
         self.step_end_s = []
         self.step_end_cpu_s = []
         self.logs = {}
@@ -49,6 +50,7 @@ class ProbeCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.train_begin_s = _elapsed()
+        self.train_begin_unix_s = time.time()  # the clock a parent process shares, to split its wall time
         self._model = model
         # A hook on the outermost model sees every batch whichever way the trainer builds it; DDP calls it too.
         self._hook = model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
@@ -70,7 +72,7 @@ class ProbeCallback(TrainerCallback):
         self.logs.update(logs or {})
 
     def on_train_end(self, args, state, control, **kwargs):
-        train_end_s = _elapsed()
+        train_end_s, train_end_unix_s = _elapsed(), time.time()
         self._hook.remove()
         if not state.is_world_process_zero:
             return
@@ -79,6 +81,8 @@ class ProbeCallback(TrainerCallback):
             "init_end_s": self.init_end_s,
             "train_begin_s": self.train_begin_s,
             "train_end_s": train_end_s,
+            "train_begin_unix_s": self.train_begin_unix_s,
+            "train_end_unix_s": train_end_unix_s,
             "step_end_s": self.step_end_s,
             "step_end_cpu_s": self.step_end_cpu_s,
             "train_runtime_s": self.logs.get("train_runtime"),

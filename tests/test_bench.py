@@ -4,11 +4,15 @@ import json
 import os
 import subprocess
 import sys
+from argparse import Namespace
+from dataclasses import asdict
 
 import pytest
 import torch
 
+from prefopt import bench
 from prefopt.bench import ALGORITHMS, PREFOPT, TRL
+from prefopt.errors import UserError
 from tests.conftest import REPO
 
 
@@ -65,3 +69,123 @@ def test_markdown_has_a_ratio_column_per_algorithm_and_no_gpu_numbers_on_cpu(rep
         assert f"\n| {algorithm} |" in ratio_table
     if not torch.cuda.is_available():
         assert "| n/a | n/a |" in markdown.split("## Measurements")[1]  # peak GPU and MFU
+
+
+# --- The other suites, on synthetic runs or at a tiny size -----------------------------------------------------------
+def synthetic_run(variant, repeat, step_s):
+    """What `measure` returns for a run, reduced to what the summaries read."""
+    return {
+        **asdict(variant), "repeat": repeat, "step_s": step_s, "cpu_step_s": step_s, "first_step_s": step_s,
+        "tokens_per_step": 100.0, "tokens_per_s": 100.0 / step_s, "mfu": None, "peak_rss_train_mib": 500.0, "peak_rss_run_mib": 600.0, "peak_gpu_gib": None,
+        "setup_s": 1.0, "train_runtime_s": 10 * step_s, "wall_s": 20.0, "before_training_s": 5.0,
+        "after_training_s": 2.0, "load_1min": 0.5, "device": "cpu", "torch_threads": 2, "flops_per_token": 6.0,
+        "peak_flops": None,
+    }  # fmt: skip
+
+
+def test_scaling_reports_each_algorithms_step_time_relative_to_dpo_at_the_same_shape():
+    variants, reference_of = bench.scaling_suite(list(ALGORITHMS))
+    cost = {"dpo": 1.0, "kto": 1.5, "simpo": 0.75}  # step time per algorithm at every shape, times the batch size
+    runs = [
+        synthetic_run(
+            variant,
+            repeat,
+            cost[variant.algorithm] * float(variant.flags[variant.flags.index("--per_device_train_batch_size") + 1]),
+        )
+        for repeat in range(2)
+        for variant in variants
+    ]
+    summary = bench.summarise(variants, runs)
+    report = {
+        "suite": "scaling", "command": "python -m prefopt.bench scaling", "created": "now", "duration_s": 60.0,
+        "machine": bench.machine(), "settings": {"model": "m", "dataset": "d", "max_steps": 3, "repeats": 2},
+        "runs": runs, "summary": summary, "ratios": bench.ratios(runs, summary, reference_of),
+    }  # fmt: skip
+    kto_over_dpo = {row["label"]: row["step_s"] for row in report["ratios"] if row["algorithm"] == "kto"}
+    assert set(kto_over_dpo) == {variant.label for variant in variants if variant.algorithm == "dpo"}
+    assert all(ratio == pytest.approx(1.5) for ratio in kto_over_dpo.values())
+    assert not [row for row in report["ratios"] if row["algorithm"] == "dpo"]  # DPO is the reference, not compared
+
+    glance = bench.training_markdown(report).split("## Step time by shape")[1]
+    assert "| shape | dpo step (s) | kto step (s) | simpo step (s) | kto / dpo | simpo / dpo |" in glance
+    assert "| batch 32, max_length 64 | 32 | 48 | 24 | 1.5 | 0.75 |" in glance
+
+
+def flag(flags, name):
+    """The value a flag takes on the command line: its last occurrence, as argparse reads it."""
+    return [flags[index + 1] for index, value in enumerate(flags) if value == name][-1]
+
+
+def test_settings_apply_only_to_the_algorithms_that_have_them():
+    variants, reference_of = bench.settings_suite(list(ALGORITHMS))
+    labels = {(variant.algorithm, variant.label) for variant in variants}
+    assert ("kto", "precompute_ref_log_probs") in labels and ("simpo", "precompute_ref_log_probs") not in labels
+    assert ("simpo", "gradient_checkpointing") in labels
+    for variant in variants:  # every setting is compared with its own algorithm's v1 config, which does not merge
+        assert variant.flags[:2] == ("--merge", "false")
+        assert reference_of(asdict(variant)) == (variant.algorithm, PREFOPT, bench.SETTINGS_OFF)
+
+
+def test_settings_are_measured_against_a_baseline_with_all_of_them_off_whatever_the_config_ships():
+    variants, _ = bench.settings_suite(["dpo"])
+    by_label = {variant.label: variant for variant in variants}
+    baseline = by_label[bench.SETTINGS_OFF].flags
+    assert flag(baseline, "--precompute_ref_log_probs") == "false"  # dpo_v1.yaml turns it on
+    assert flag(baseline, "--gradient_checkpointing") == "false" and flag(baseline, "--dataloader_num_workers") == "0"
+    precompute = by_label["precompute_ref_log_probs"].flags
+    assert flag(precompute, "--precompute_ref_log_probs") == "true"
+    assert flag(precompute, "--gradient_checkpointing") == "false"  # only the setting measured differs
+    assert dict(by_label["OMP_NUM_THREADS=1"].env) == {"OMP_NUM_THREADS": "1"}
+    assert by_label["OMP_NUM_THREADS=1"].flags == baseline
+
+
+def test_resume_measures_only_the_runs_an_interrupted_benchmark_lacks(monkeypatch, tmp_path):
+    variants, _ = bench.compare_suite(["dpo"])
+    measured = []
+
+    def fake_measure(variant, run_dir, args):
+        measured.append((variant.key, run_dir.name))
+        return {"step_s": 1.0, "cpu_step_s": 1.0, "wall_s": 1.0, "load_1min": 0.0}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    done = [{**asdict(variants[0]), "repeat": 0, "step_s": 2.0}]
+    seen = []
+    runs = bench.measure_interleaved(
+        variants, Namespace(repeats=2), tmp_path, done, lambda runs: seen.append(len(runs))
+    )
+    assert [run["repeat"] for run in runs] == [0, 0, 1, 1]
+    assert runs[0]["step_s"] == 2.0  # kept from the interrupted report, not measured again
+    assert [key for key, _ in measured] == [variants[1].key, variants[0].key, variants[1].key]
+    assert len({run_dir for _, run_dir in measured}) == 3  # every new run in a directory of its own
+    assert seen == [2, 3, 4]  # the report is rewritten after every new run
+
+
+def test_resume_refuses_the_report_of_another_benchmark(tmp_path):
+    report = {"suite": "compare", "settings": {"model": "m", "dataset": "d", "max_steps": 30, "repeats": 3}}
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps({**report, "command": "python -m prefopt.bench --max_steps 30", "runs": []}))
+    assert bench.resumed(path, report)["runs"] == []
+    other = {**report, "settings": {**report["settings"], "max_steps": 40}}
+    with pytest.raises(UserError, match="is another benchmark .*--max_steps 30.*; choose another --name"):
+        bench.resumed(path, other)
+    assert bench.resumed(tmp_path / "missing.json", report) == {}
+
+
+def test_merge_suite_reports_peak_memory_as_a_ratio_to_the_model_size(demo_assets, tmp_path):
+    small = {**bench.MERGE_BASE, "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 704,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4}  # fmt: skip
+    args = Namespace(model=demo_assets.model_dir, repeats=1)
+    result = bench.merge_suite(args, tmp_path, base_config=small)
+    summary = result["summary"]
+    parameters = 2 * 4096 * 256 + 2 * (4 * 256 * 256 + 3 * 256 * 704 + 2 * 256) + 256
+    assert summary["model_bytes"] == pytest.approx(4 * parameters, rel=0.01)  # float32, plus the safetensors header
+    assert summary["peak_rss_bytes"] > summary["runtime_rss_bytes"] > 0
+    assert summary["peak_over_model"] == pytest.approx(summary["peak_rss_bytes"] / summary["model_bytes"])
+    merged = tmp_path / "merged0"
+    assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
+    report = {
+        **result, "suite": "merge", "command": "python -m prefopt.bench merge", "created": "now",
+        "duration_s": 1.0, "machine": bench.machine(),
+    }  # fmt: skip
+    markdown = bench.merge_markdown(report)
+    assert "hidden_size 256" in markdown and "| peak / model |" in markdown
