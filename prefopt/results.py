@@ -4,7 +4,7 @@
     python -m prefopt.results --update_readme    # ... and README.md between the results markers
 
 Sources: results/results.json (`prefopt.evaluate`), and when present results/simpo_ablation.json
-(`prefopt.ablation`) and results/sweep.json (`prefopt.sweep`). The README's section between
+(`prefopt.ablation`), results/sweep.json and results/seeds.json (`prefopt.sweep`). The README's section between
 `<!-- results:start -->` and `<!-- results:end -->` is replaced by the same tables, so that it only ever shows
 numbers a run produced.
 """
@@ -12,6 +12,7 @@ numbers a run produced.
 import argparse
 import json
 import logging
+import statistics
 from pathlib import Path
 
 from prefopt.atomic import atomic_file
@@ -23,11 +24,15 @@ START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
 
 
-def render_markdown(results: dict, ablation: dict | None = None, sweep: dict | None = None) -> str:
-    """The evaluation table, then the SimPO ablation and the sweep tables when given."""
+def render_markdown(
+    results: dict, ablation: dict | None = None, sweep: dict | None = None, seeds: dict | None = None
+) -> str:
+    """The evaluation table, then the SimPO ablation, seed and sweep tables when given."""
     sections = [_evaluation_table(results)]
     if ablation:
         sections.append(_ablation_table(ablation))
+    if seeds:
+        sections.append(_seeds_table(seeds))
     if sweep:
         sections.append(_sweep_table(sweep))
     return "\n\n".join(sections) + "\n"
@@ -184,6 +189,36 @@ def _sweep_table(sweep: dict) -> str:
     return "\n".join(["### Sweep: the reward-KL frontier", "", what, "", *_table(header, rows)])
 
 
+SEED_MEASURES = (("preference accuracy", "preference_accuracy", 3), ("reward", "reward", 3),
+                 ("win rate vs base", "win_rate", 3), ("KL (nats)", "kl", 1))  # fmt: skip
+
+
+def _seeds_table(seeds: dict) -> str:
+    """Per algorithm, each measure's mean over the training seeds, their standard deviation and their range."""
+    by_algorithm: dict[str, list[dict]] = {}
+    for run in seeds["runs"]:
+        by_algorithm.setdefault(run["algorithm"], []).append(run)
+    rows = []
+    for algorithm, runs in by_algorithm.items():
+        row = [algorithm, ", ".join(str(run["overrides"]["seed"]) for run in runs)]
+        for _, key, digits in SEED_MEASURES:
+            means = [run[key]["mean"] for run in runs]
+            spread = statistics.stdev(means) if len(means) > 1 else 0.0
+            row.append(
+                f"{statistics.fmean(means):.{digits}f} ± {spread:.{digits}f} ({min(means):.{digits}f}–{max(means):.{digits}f})"
+            )
+        rows.append(row)
+    what = (
+        "The v1 configs at several training seeds (LoRA initialisation and data order); each cell is the mean over "
+        "the seeds ± their standard deviation (lowest–highest), the samples scored as above "
+        f"(seed {seeds['setup']['seed']}); {seeds['wall_time_s'] / 60:.1f} min in all, {seeds['created']}."
+    )
+    header = ["algorithm", "training seeds", *(name for name, _, _ in SEED_MEASURES)]
+    return "\n".join(
+        ["### Seeds: how much of a difference is the training seed's", "", what, "", *_table(header, rows)]
+    )
+
+
 def _pm(metric: dict, digits: int = 3) -> str:
     return f"{metric['mean']:.{digits}f} ± {metric['stderr']:.{digits}f}"
 
@@ -212,9 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{results_dir / 'results.json'}: not found; run python -m prefopt.evaluate first")
     loaded = {
         name: json.loads(path.read_text()) if (path := results_dir / f"{name}.json").is_file() else None
-        for name in ("results", "simpo_ablation", "sweep")
+        for name in ("results", "simpo_ablation", "sweep", "seeds")
     }
-    markdown = render_markdown(loaded["results"], loaded["simpo_ablation"], loaded["sweep"])
+    markdown = render_markdown(loaded["results"], loaded["simpo_ablation"], loaded["sweep"], loaded["seeds"])
     with atomic_file(results_dir / "results.md") as staging:
         staging.write_text(markdown)
     logger.info("results: %s", results_dir / "results.md")

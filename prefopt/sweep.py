@@ -1,18 +1,20 @@
-"""The reward-KL frontier: each algorithm trained on the demo over a small grid of beta (and SimPO's gamma).
+"""The reward-KL frontier: each algorithm trained on the demo over a small grid of beta (and SimPO's gamma); and the
+v1 configs at three training seeds, to tell a difference between algorithms from a difference between seeds.
 
     python -m prefopt.sweep                       # the whole grid: nine trainings, then their evaluation
     python -m prefopt.sweep --algorithms dpo kto  # part of it
+    python -m prefopt.sweep --grid seeds          # the v1 configs at training seeds 42 (theirs), 1 and 2
     bash run_script.bash sweep                    # the same, then the figures and tables
 
 Measured cost on the CPU: about 2,200 CPU-seconds for the nine trainings and their evaluation, so roughly 20 minutes
 on 2 idle cores; a KTO run costs about twice a DPO run, a SimPO run a little less than a DPO run. Flags this module
 does not know go to every training script, e.g. `--max_steps 50` for a quick look.
 
-Every run is its algorithm's `training_configs/<algorithm>_v1.yaml` with only beta (and simpo_gamma) changed, so the
-training seed, data and steps are those of the default experiment; evaluation runs are skipped. The merged models
-go to models/sweep/, the runs to outputs/sweep/. Each model is then scored as `prefopt.evaluate` scores them, with
-the demo's gold reward, and the results are written to results/sweep.json; `prefopt.compare` draws them as one
-reward-KL curve per algorithm.
+Every run is its algorithm's `training_configs/<algorithm>_v1.yaml` with only beta (and simpo_gamma), or only the
+seed, changed, so data and steps are those of the default experiment; evaluation runs are skipped. The merged
+models go to models/sweep/, the runs to outputs/sweep/. Each model is then scored as `prefopt.evaluate` scores
+them, with the demo's gold reward, and the results are written to results/sweep.json (results/seeds.json for the
+seeds); `prefopt.compare` draws the frontier as one reward-KL curve per algorithm.
 """
 
 import argparse
@@ -41,6 +43,12 @@ GRID: dict[str, list[dict[str, float]]] = {
     "kto": [{"beta": 0.3}, {"beta": 0.1}, {"beta": 0.03}],
     "simpo": [{"beta": 4.0, "simpo_gamma": 2.0}, {"beta": 2.0, "simpo_gamma": 1.0}, {"beta": 1.0, "simpo_gamma": 0.5}],
 }
+
+
+# Each v1 config at its own seed and two more: the training seed sets the LoRA initialisation and the data order.
+SEEDS: dict[str, list[dict[str, float]]] = {algorithm: [{"seed": 42}, {"seed": 1}, {"seed": 2}] for algorithm in GRID}
+GRIDS = {"frontier": GRID, "seeds": SEEDS}
+OUTPUTS = {"frontier": "results/sweep.json", "seeds": "results/seeds.json"}
 
 
 def run_name(algorithm: str, overrides: dict[str, float]) -> str:
@@ -87,16 +95,18 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,  # unknown flags go to the training scripts, whole
     )
+    parser.add_argument("--grid", choices=list(GRIDS), default="frontier", help="beta (and gamma), or seeds")
     parser.add_argument("--algorithms", nargs="+", choices=list(GRID), default=list(GRID), help="what to sweep")
     parser.add_argument("--results", default="results/results.json", help="the default runs' evaluation, drawn too")
-    parser.add_argument("--output", default="results/sweep.json", help="where the sweep's results are written")
+    parser.add_argument("--output", help="where the sweep's results are written (default: per grid, see above)")
     parser.add_argument("--samples_per_prompt", type=int, default=8, help="samples per held-out prompt and model")
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation's sampling")
     args, extra_args = parser.parse_known_args(argv)  # the rest goes to every training script
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     start = time.perf_counter()
-    points = [(algorithm, overrides) for algorithm in args.algorithms for overrides in GRID[algorithm]]
+    output = args.output or OUTPUTS[args.grid]
+    points = [(algorithm, overrides) for algorithm in args.algorithms for overrides in GRIDS[args.grid][algorithm]]
     models = []
     for index, (algorithm, overrides) in enumerate(points, 1):
         run_start = time.perf_counter()
@@ -113,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     sweep = {
+        "grid": args.grid,
         "created": evaluation["created"],
         "setup": evaluation["setup"],
         "base": evaluation["base"],
@@ -127,10 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         ],
         "wall_time_s": time.perf_counter() - start,
     }
-    with atomic_file(args.output) as staging:
+    with atomic_file(output) as staging:
         staging.write_text(json.dumps(sweep, indent=2) + "\n")
-    plot_reward_vs_kl(scored_with_reward(args.results), sweep, "images/comparison_reward_vs_kl.png")
-    logger.info("sweep: %d runs in %.1f min -> %s", len(points), sweep["wall_time_s"] / 60, args.output)
+    if args.grid == "frontier":
+        plot_reward_vs_kl(scored_with_reward(args.results), sweep, "images/comparison_reward_vs_kl.png")
+    logger.info("sweep: %d runs in %.1f min -> %s", len(points), sweep["wall_time_s"] / 60, output)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,24 @@ def test_tables_show_each_measure_of_each_model():
     assert "| dpo_v1 | 250 | 40 | 4,852 | 96 | 650 | 0.693 → 0.610 | 200 (1.60) |" in markdown
 
 
+def test_seed_table_gives_the_mean_spread_and_range_over_training_seeds():
+    def run(algorithm, seed, reward, kl):
+        measures = {"preference_accuracy": metric(0.5), "reward": metric(reward), "win_rate": metric(0.6)}
+        return {"algorithm": algorithm, "overrides": {"seed": seed}, **measures, "kl": metric(kl)}
+
+    seeds = {
+        "created": "2026-01-01T00:00:00+00:00", "setup": {"seed": 0}, "wall_time_s": 120.0,
+        "runs": [run("dpo", 42, 0.6, 10.0), run("dpo", 1, 0.7, 20.0), run("dpo", 2, 0.8, 60.0),
+                 run("kto", 42, 0.5, 5.0)],
+    }  # fmt: skip
+    markdown = render_markdown(evaluation("prefopt.sentiment:gold_reward"), seeds=seeds)
+    table = markdown.split("### Seeds")[1]
+    assert "| dpo | 42, 1, 2 | 0.500 ± 0.000 (0.500–0.500) | 0.700 ± 0.100 (0.600–0.800) |" in table
+    assert "| 30.0 ± 26.5 (10.0–60.0) |" in table  # KL: stdev of 10, 20, 60
+    assert "| kto | 42 | 0.500 ± 0.000 (0.500–0.500) | 0.500 ± 0.000 (0.500–0.500) |" in table
+    assert "2.0 min in all" in table
+
+
 def test_without_a_reward_there_are_no_sample_columns():
     markdown = render_markdown(evaluation(None))
     assert "| dpo_v1 | 0.600 ± 0.010 | 0.050 ± 0.010 |\n" in markdown
