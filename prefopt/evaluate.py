@@ -46,6 +46,8 @@ from prefopt.plotting import loss_curves
 
 logger = logging.getLogger(__name__)
 
+EXAMPLES = 3  # samples (prompt and completion) kept per model in the results, to read what the numbers describe
+
 # A sequence to score: the prompt's token ids and the completion's (scored) token ids.
 PromptCompletion = tuple[list[int], list[int]]
 
@@ -140,6 +142,11 @@ def sample_completions(
             end = next((i + 1 for i, token in enumerate(generated) if token in eos_ids), len(generated))
             samples.append((prompt, generated[:end]))
     return samples
+
+
+def distinct_fraction(completion: Sequence[int]) -> float:
+    """The share of a sample's tokens that are distinct: near 1 for fluent short text, low for a repeated loop."""
+    return len(set(completion)) / len(completion) if completion else 1.0
 
 
 def win_outcomes(rewards: Sequence[float], base_rewards: Sequence[float]) -> list[float]:
@@ -341,6 +348,9 @@ def _score(
     rewards = [float(reward_fn(text)) for text in texts]
     scores["reward"] = mean_stderr(rewards)
     scores["sample_length"] = mean_stderr([len(completion) for _, completion in samples])
+    scores["distinct_fraction"] = mean_stderr([distinct_fraction(completion) for _, completion in samples])
+    per_prompt = len(samples) // len({tuple(prompt) for prompt, _ in samples})
+    scores["examples"] = texts[: EXAMPLES * per_prompt : per_prompt]
     return scores, rewards
 
 

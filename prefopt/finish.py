@@ -31,7 +31,9 @@ def finish_run(training_args, model_args: ModelConfig, run_args: RunArguments) -
         if run_args.merge and model_args.use_peft:  # a full fine-tune is already whole in output_dir
             merge_adapter(output_dir, run_args.merged_model_dir, model_args, training_args.trust_remote_code)
         run_name = output_dir.name
-        plot_losses(output_dir / "trainer_state.json", Path(run_args.images_dir) / f"{run_name}_train_loss.png", run_name)
+        plot_losses(
+            output_dir / "trainer_state.json", Path(run_args.images_dir) / f"{run_name}_train_loss.png", run_name
+        )
     state.wait_for_everyone()
 
 

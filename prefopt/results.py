@@ -69,7 +69,9 @@ def _evaluation_table(results: dict) -> str:
 
     header = ["model", "preference accuracy", "per-token margin (nats)"]
     if sampled:
-        header += ["reward", "win rate vs base", "KL from base (nats)", "sample length (tokens)"]
+        header += [
+            "reward", "win rate vs base", "KL from base (nats)", "sample length (tokens)", "distinct tokens per sample",
+        ]  # fmt: skip
     models = {f"base ({Path(setup['base_model']).name})": results["base"], **results["models"]}
     rows = [_evaluation_row(name, scores, sampled) for name, scores in models.items()]
     lines = ["### Held-out evaluation", "", "; ".join(what) + ". Means ± standard error.", "", *_table(header, rows)]
@@ -88,7 +90,23 @@ def _evaluation_table(results: dict) -> str:
         ]
         rows = [_training_row(name, training) for name, training in trained.items()]
         lines += ["", "### Training cost and convergence", "", *_table(header, rows)]
+    if sampled and "examples" in results["base"]:
+        lines += [
+            "",
+            "### Samples",
+            "",
+            "The first sample of the first held-out prompts, as the reward scored them.",
+            "",
+        ]
+        rows = [[name, *(_cell(text) for text in scores["examples"])] for name, scores in models.items()]
+        lines += _table(["model", *(f"prompt {index + 1}" for index in range(len(rows[0]) - 1))], rows)
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """`text` inside a Markdown table cell: on one line, pipes escaped, unprintable characters shown as such."""
+    printable = "".join(char if char.isprintable() or char.isspace() else "\ufffd" for char in text)
+    return " ".join(printable.split()).replace("|", "\\|")
 
 
 def _evaluation_row(name: str, scores: dict, sampled: bool) -> list[str]:
@@ -100,6 +118,7 @@ def _evaluation_row(name: str, scores: dict, sampled: bool) -> list[str]:
             "" if is_base else _pm(scores["win_rate"]),
             "" if is_base else _pm(scores["kl"], digits=1),
             f"{scores['sample_length']['mean']:.1f}",
+            _pm(scores["distinct_fraction"], digits=2) if "distinct_fraction" in scores else "",
         ]
     return row
 

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefopt.evaluate import (
     completion_logprobs,
+    distinct_fraction,
     evaluate_models,
     load_pairs,
     mean_stderr,
@@ -104,6 +105,13 @@ def test_model_against_itself_has_kl_zero_and_win_rate_one_half(demo_assets):
     assert scores["win_rate"] == {"mean": 0.5, "stderr": 0.0}
     assert scores["preference_accuracy"] == results["base"]["preference_accuracy"]
     assert results["setup"]["num_prompts"] == 4 and "training" not in scores
+
+
+def test_distinct_fraction_falls_as_a_sample_repeats_itself():
+    assert distinct_fraction([5, 6, 7]) == 1.0
+    assert distinct_fraction([5, 5, 5, 5]) == 0.25
+    assert distinct_fraction([5, 6, 5, 6, 5, 6]) == pytest.approx(1 / 3)
+    assert distinct_fraction([]) == 1.0  # an empty completion repeats nothing
 
 
 def test_win_rate_counts_ties_half():

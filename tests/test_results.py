@@ -13,7 +13,8 @@ def metric(mean: float) -> dict:
 
 
 def evaluation(reward_fn: str | None) -> dict:
-    sampled = {"reward": metric(0.5), "sample_length": metric(17.0)} if reward_fn else {}
+    sampled = {"reward": metric(0.5), "sample_length": metric(17.0), "distinct_fraction": metric(0.9)}
+    sampled = sampled if reward_fn else {}
     training = {
         "steps": 250,
         "train_runtime_s": 40.2,
@@ -29,12 +30,11 @@ def evaluation(reward_fn: str | None) -> dict:
     setup = {"base_model": "models/demo-base", "dataset": "data/demo", "split": "test", "num_pairs": 200}
     setup |= {"reward_fn": reward_fn, "num_prompts": 45, "samples_per_prompt": 8, "seed": 0, "device": "cpu"}
     dpo = {"preference_accuracy": metric(0.6), "logp_margin": metric(0.05), **sampled, **policy, "training": training}
-    return {
-        "created": "2026-01-01T00:00:00+00:00",
-        "setup": setup,
-        "base": {"preference_accuracy": metric(0.475), "logp_margin": metric(0.0), **sampled},
-        "models": {"dpo_v1": dpo},
-    }
+    base = {"preference_accuracy": metric(0.475), "logp_margin": metric(0.0), **sampled}
+    if reward_fn:
+        base["examples"] = ["The film was dull.", "A plot | twist\nthat works\x17"]
+        dpo["examples"] = ["The film was great great great.", "A plot that shines."]
+    return {"created": "2026-01-01T00:00:00+00:00", "setup": setup, "base": base, "models": {"dpo_v1": dpo}}
 
 
 def test_tables_show_each_measure_of_each_model():
@@ -42,6 +42,14 @@ def test_tables_show_each_measure_of_each_model():
     assert "| base (demo-base) | 0.475 ± 0.010 | 0.000 ± 0.010 | 0.500 ± 0.010 |  |  | 17.0 |" in markdown
     assert "| dpo_v1 | 0.600 ± 0.010 | 0.050 ± 0.010 | 0.500 ± 0.010 | 0.750 ± 0.010 | 3.2 ± 0.0 | 17.0 |" in markdown
     assert "| dpo_v1 | 250 | 40 | 4,852 | 96 | 650 | 0.693 → 0.610 | 200 (1.60) |" in markdown
+    assert "| 3.2 ± 0.0 | 17.0 | 0.90 ± 0.01 |" in markdown  # distinct tokens per sample
+
+
+def test_samples_table_shows_each_models_examples_on_one_line_each():
+    samples = render_markdown(evaluation("prefopt.sentiment:gold_reward")).split("### Samples")[1]
+    assert "| model | prompt 1 | prompt 2 |" in samples
+    assert "| base (demo-base) | The film was dull. | A plot \\| twist that works\ufffd |" in samples
+    assert "| dpo_v1 | The film was great great great. | A plot that shines. |" in samples
 
 
 def test_seed_table_gives_the_mean_spread_and_range_over_training_seeds():
