@@ -14,7 +14,8 @@ Usage:
 
   bash run_script.bash sweep [FLAGS...]
       The reward-KL frontier: python -m prefopt.sweep (each algorithm over a small grid of beta, and SimPO's
-      gamma), then the figures and tables. FLAGS go to prefopt.sweep, e.g. --algorithms dpo.
+      gamma), then the figures and tables; about 5 min on 2 CPU cores. FLAGS go to prefopt.sweep, e.g.
+      --algorithms dpo, or --grid seeds for the v1 configs at three training seeds (about 5 min too).
 
   bash run_script.bash SCRIPT [CONFIG] [ACCELERATE_CONFIG] [-- FLAGS...]
       One run: SCRIPT is dpo, kto or simpo; CONFIG defaults to training_configs/SCRIPT_v1.yaml;
@@ -55,7 +56,7 @@ if [ "${1:-}" = sweep ]; then
   echo "run_script: python -m prefopt.sweep $*"
   python -m prefopt.sweep "$@"
   python -m prefopt.results
-  echo "run_script: sweep done in $((SECONDS - start))s; results/sweep.json, images/comparison_reward_vs_kl.png"
+  echo "run_script: sweep done in $((SECONDS - start))s; results in results/, figures in images/"
   exit 0
 fi
 
