@@ -591,23 +591,33 @@ def training_markdown(report: dict) -> str:
 
 
 def scaling_markdown(report: dict) -> list[str]:
-    """The scaling suite at a glance: step time per shape and algorithm, and each algorithm's cost relative to DPO."""
+    """The scaling suite at a glance: step time per shape and algorithm, and each algorithm's cost relative to DPO.
+
+    Per step and per trained token: a KTO step trains on `batch` completions, a DPO or SimPO step on `batch` pairs.
+    """
     algorithms = [
         algorithm for algorithm in ALGORITHMS if any(row["algorithm"] == algorithm for row in report["summary"])
     ]
     step_s = {(row["label"], row["algorithm"]): row["step_s"] for row in report["summary"]}
-    over_dpo = {(row["label"], row["algorithm"]): row["step_s"] for row in report["ratios"]}
+    over_dpo = {(row["label"], row["algorithm"]): row for row in report["ratios"]}
     shapes = list(dict.fromkeys(row["label"] for row in report["summary"]))
     others = [algorithm for algorithm in algorithms if algorithm != "dpo"]
+
+    def per_token(ratio: dict | None) -> float | None:
+        return 1 / ratio["tokens_per_s"] if ratio and ratio["tokens_per_s"] else None
+
     rows = [
         [
             shape,
             *(number(step_s.get((shape, algorithm))) for algorithm in algorithms),
-            *(number(over_dpo.get((shape, algorithm))) for algorithm in others),
+            *(number(over_dpo.get((shape, algorithm), {}).get("step_s")) for algorithm in others),
+            *(number(per_token(over_dpo.get((shape, algorithm)))) for algorithm in others),
         ]
         for shape in shapes
     ]
-    columns = [f"{algorithm} step (s)" for algorithm in algorithms] + [f"{algorithm} / dpo" for algorithm in others]
+    columns = [f"{algorithm} step (s)" for algorithm in algorithms]
+    columns += [f"{algorithm} / dpo per step" for algorithm in others]
+    columns += [f"{algorithm} / dpo per token" for algorithm in others]
     return ["## Step time by shape", "", table(["shape", *columns], rows), ""]
 
 

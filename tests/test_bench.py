@@ -72,11 +72,11 @@ def test_markdown_has_a_ratio_column_per_algorithm_and_no_gpu_numbers_on_cpu(rep
 
 
 # --- The other suites, on synthetic runs or at a tiny size -----------------------------------------------------------
-def synthetic_run(variant, repeat, step_s):
+def synthetic_run(variant, repeat, step_s, tokens_per_step=100.0):
     """What `measure` returns for a run, reduced to what the summaries read."""
     return {
         **asdict(variant), "repeat": repeat, "step_s": step_s, "cpu_step_s": step_s, "first_step_s": step_s,
-        "tokens_per_step": 100.0, "tokens_per_s": 100.0 / step_s, "mfu": None, "peak_rss_train_mib": 500.0, "peak_rss_run_mib": 600.0, "peak_gpu_gib": None,
+        "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / step_s, "mfu": None, "peak_rss_train_mib": 500.0, "peak_rss_run_mib": 600.0, "peak_gpu_gib": None,
         "setup_s": 1.0, "train_runtime_s": 10 * step_s, "wall_s": 20.0, "before_training_s": 5.0,
         "after_training_s": 2.0, "load_1min": 0.5, "device": "cpu", "torch_threads": 2, "flops_per_token": 6.0,
         "peak_flops": None,
@@ -91,6 +91,7 @@ def test_scaling_reports_each_algorithms_step_time_relative_to_dpo_at_the_same_s
             variant,
             repeat,
             cost[variant.algorithm] * float(variant.flags[variant.flags.index("--per_device_train_batch_size") + 1]),
+            tokens_per_step=50.0 if variant.algorithm == "kto" else 100.0,  # completions, not pairs
         )
         for repeat in range(2)
         for variant in variants
@@ -107,8 +108,10 @@ def test_scaling_reports_each_algorithms_step_time_relative_to_dpo_at_the_same_s
     assert not [row for row in report["ratios"] if row["algorithm"] == "dpo"]  # DPO is the reference, not compared
 
     glance = bench.training_markdown(report).split("## Step time by shape")[1]
-    assert "| shape | dpo step (s) | kto step (s) | simpo step (s) | kto / dpo | simpo / dpo |" in glance
-    assert "| batch 32, max_length 64 | 32 | 48 | 24 | 1.5 | 0.75 |" in glance
+    columns = "| kto / dpo per step | simpo / dpo per step | kto / dpo per token | simpo / dpo per token |"
+    assert f"| shape | dpo step (s) | kto step (s) | simpo step (s) {columns}" in glance
+    # A KTO step trains on half the tokens of a DPO step: 1.5 times the time per step is 3 times per token.
+    assert "| batch 32, max_length 64 | 32 | 48 | 24 | 1.5 | 0.75 | 3 | 0.75 |" in glance
 
 
 def flag(flags, name):
@@ -179,7 +182,8 @@ def test_merge_suite_reports_peak_memory_as_a_ratio_to_the_model_size(demo_asset
     summary = result["summary"]
     parameters = 2 * 4096 * 256 + 2 * (4 * 256 * 256 + 3 * 256 * 704 + 2 * 256) + 256
     assert summary["model_bytes"] == pytest.approx(4 * parameters, rel=0.01)  # float32, plus the safetensors header
-    assert summary["peak_rss_bytes"] > summary["runtime_rss_bytes"] > 0
+    # ru_maxrss is a high-water mark: a 6 MB model may not rise above the peak the imports left
+    assert summary["peak_rss_bytes"] >= summary["runtime_rss_bytes"] > 0
     assert summary["peak_over_model"] == pytest.approx(summary["peak_rss_bytes"] / summary["model_bytes"])
     merged = tmp_path / "merged0"
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
