@@ -51,7 +51,12 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
   torch=("torch==$TORCH_VERSION")  # PyPI's Linux build is the CUDA one
 elif [ "$(uname -s)" = Linux ]; then
   echo "setup: no NVIDIA GPU found: installing the CPU build of torch $TORCH_VERSION"
-  torch=("torch==$TORCH_VERSION+cpu" --extra-index-url https://download.pytorch.org/whl/cpu)
+  torch=("torch==$TORCH_VERSION+cpu")
+  # PyTorch's own index only when pip's configured sources (a local wheel cache, say) lack the CPU build: pip would
+  # look up every dependency there too, which is slow, and fails where only PyPI is reachable.
+  if ! .venv/bin/python -m pip install --dry-run --ignore-installed --no-deps --quiet "${torch[@]}" >/dev/null 2>&1; then
+    torch+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  fi
 else
   echo "setup: installing torch $TORCH_VERSION"
   torch=("torch==$TORCH_VERSION")
