@@ -106,6 +106,7 @@ _NEUTRAL_WORDS = (
     "plain", "strange", "gentle", "fast",
 )  # fmt: skip
 _NEUTRAL_PROBABILITY = 0.2
+# fmt: off
 _SLOT_WORDS: dict[str, tuple[str, ...]] = {
     "clause": ("it was", "it felt", "I found it", "the whole thing was", "it turned out", "honestly it was"),
     "verb": ("was", "felt", "seemed", "is", "looked"),
@@ -113,10 +114,11 @@ _SLOT_WORDS: dict[str, tuple[str, ...]] = {
     "aspect": (
         "acting", "script", "soundtrack", "ending", "plot", "dialogue", "camera work", "pacing", "cast", "humor",
         "story", "direction", "lead actor", "score",
-    ),  # fmt: skip
+    ),
     "person": ("friend", "wife", "husband", "brother", "sister", "roommate", "dad", "mom"),
     "outing": ("watch", "evening", "experience", "story", "ride", "night out"),
 }
+# fmt: on
 # Probability that a sentence is positive, for a positive, a negative and a mixed review; uniform over the three
 # keeps the base model's samples balanced between sentiments.
 _TONES = (0.9, 0.1, 0.5)
