@@ -54,7 +54,7 @@ elif [ "$(uname -s)" = Linux ]; then
   torch=("torch==$TORCH_VERSION+cpu")
   # PyTorch's own index only when pip's configured sources (a local wheel cache, say) lack the CPU build: pip would
   # look up every dependency there too, which is slow, and fails where only PyPI is reachable.
-  if ! .venv/bin/python -m pip install --dry-run --ignore-installed --no-deps --quiet "${torch[@]}" >/dev/null 2>&1; then
+  if ! .venv/bin/python -m pip install --dry-run --ignore-installed --no-deps --quiet "${torch[@]}" &>/dev/null; then
     torch+=(--extra-index-url https://download.pytorch.org/whl/cpu)
   fi
 else

@@ -223,9 +223,8 @@ def _seeds_table(seeds: dict) -> str:
         for _, key, digits in SEED_MEASURES:
             means = [run[key]["mean"] for run in runs]
             spread = statistics.stdev(means) if len(means) > 1 else 0.0
-            row.append(
-                f"{statistics.fmean(means):.{digits}f} ± {spread:.{digits}f} ({min(means):.{digits}f}–{max(means):.{digits}f})"
-            )
+            mean, low, high = (f"{value:.{digits}f}" for value in (statistics.fmean(means), min(means), max(means)))
+            row.append(f"{mean} ± {spread:.{digits}f} ({low}–{high})")
         rows.append(row)
     what = (
         "The v1 configs at several training seeds (LoRA initialisation and data order); each cell is the mean over "

@@ -76,7 +76,8 @@ def synthetic_run(variant, repeat, step_s, tokens_per_step=100.0):
     """What `measure` returns for a run, reduced to what the summaries read."""
     return {
         **asdict(variant), "repeat": repeat, "step_s": step_s, "cpu_step_s": step_s, "first_step_s": step_s,
-        "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / step_s, "mfu": None, "peak_rss_train_mib": 500.0, "peak_rss_run_mib": 600.0, "peak_gpu_gib": None,
+        "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / step_s, "mfu": None,
+        "peak_rss_train_mib": 500.0, "peak_rss_run_mib": 600.0, "peak_gpu_gib": None,
         "setup_s": 1.0, "train_runtime_s": 10 * step_s, "wall_s": 20.0, "before_training_s": 5.0,
         "after_training_s": 2.0, "load_1min": 0.5, "device": "cpu", "torch_threads": 2, "flops_per_token": 6.0,
         "peak_flops": None,
