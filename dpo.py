@@ -8,29 +8,22 @@ Keys are the fields of TRL's `ScriptArguments`, `DPOConfig` and `ModelConfig`, p
 With a LoRA adapter the reference model is the base with the adapter disabled: no second copy in memory.
 """
 
-import logging
-
 from trl import DPOConfig, DPOTrainer, get_peft_config
 
-from prefopt.config import describe_batch, parse_args
+from prefopt.config import parse_args
 from prefopt.data import load_preference_data
 from prefopt.errors import exit_on_user_error
-from prefopt.finish import finish_run
-from prefopt.locking import lock_outputs
 from prefopt.modeling import load_model, load_tokenizer
-
-logger = logging.getLogger("dpo")
+from prefopt.run import configure_logging, finish_run, start_run
 
 
 def main(script_args, training_args, model_args, run_args):
-    lock_outputs(training_args.output_dir, run_args.merged_model_dir)
-    logger.info(describe_batch(training_args))
-
     # Tokenizer & data, checked before the model is loaded
-    tokenizer = load_tokenizer(model_args, run_args, training_args.trust_remote_code)
+    tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(script_args, training_args, run_args, tokenizer)
 
     # Model
+    start_run(training_args, run_args)
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training
@@ -52,5 +45,6 @@ def main(script_args, training_args, model_args, run_args):
 
 
 if __name__ == "__main__":
+    configure_logging()
     with exit_on_user_error():
         main(*parse_args(DPOConfig))

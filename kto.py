@@ -13,12 +13,11 @@ import logging
 
 from trl import KTOConfig, KTOTrainer, get_peft_config
 
-from prefopt.config import describe_batch, parse_args
+from prefopt.config import parse_args
 from prefopt.data import load_preference_data, unpaired_shuffled
 from prefopt.errors import UserError, exit_on_user_error
-from prefopt.finish import finish_run
-from prefopt.locking import lock_outputs
 from prefopt.modeling import load_model, load_tokenizer
+from prefopt.run import configure_logging, finish_run, start_run
 
 logger = logging.getLogger("kto")
 
@@ -51,11 +50,8 @@ def balance_class_weights(training_args: KTOConfig, labels: list[bool]) -> None:
 
 
 def main(script_args, training_args, model_args, run_args):
-    lock_outputs(training_args.output_dir, run_args.merged_model_dir)
-    logger.info(describe_batch(training_args))
-
     # Tokenizer & data, checked before the model is loaded
-    tokenizer = load_tokenizer(model_args, run_args, training_args.trust_remote_code)
+    tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(
         script_args, training_args, run_args, tokenizer, unpaired_ok=True
     )
@@ -65,6 +61,7 @@ def main(script_args, training_args, model_args, run_args):
     balance_class_weights(training_args, train_dataset["label"])
 
     # Model
+    start_run(training_args, run_args)
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training
@@ -86,5 +83,6 @@ def main(script_args, training_args, model_args, run_args):
 
 
 if __name__ == "__main__":
+    configure_logging()
     with exit_on_user_error():
         main(*parse_args(KTOConfig))

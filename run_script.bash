@@ -13,8 +13,8 @@ Usage:
       earlier outputs.
 
   bash run_script.bash sweep [FLAGS...]
-      The reward-KL frontier: python -m prefopt.sweep (each algorithm over a small grid of beta, and SimPO's
-      gamma), then the figures and tables; about 5 min on 2 CPU cores. FLAGS go to prefopt.sweep, e.g.
+      The reward-KL frontier: python -m experiment.sweep (each algorithm over a small grid of beta, and SimPO's
+      gamma), then the figures and tables; about 5 min on 2 CPU cores. FLAGS go to experiment.sweep, e.g.
       --algorithms dpo, or --grid seeds for the v1 configs at three training seeds (about 5 min too).
 
   bash run_script.bash SCRIPT [CONFIG] [ACCELERATE_CONFIG] [-- FLAGS...]
@@ -52,10 +52,10 @@ train() {  # train SCRIPT CONFIG ACCELERATE_CONFIG [FLAGS...]
 if [ "${1:-}" = sweep ]; then
   shift
   start=$SECONDS
-  python -m prefopt.demo
-  echo "run_script: python -m prefopt.sweep $*"
-  python -m prefopt.sweep "$@"
-  python -m prefopt.results
+  python -m experiment.demo
+  echo "run_script: python -m experiment.sweep $*"
+  python -m experiment.sweep "$@"
+  python -m experiment.results
   echo "run_script: sweep done in $((SECONDS - start))s; results in results/, figures in images/"
   exit 0
 fi
@@ -74,7 +74,7 @@ fi
 
 start=$SECONDS
 echo "run_script: default experiment on $accelerate_config"
-python -m prefopt.demo
+python -m experiment.demo
 for script in dpo kto simpo; do
   train "$script" "training_configs/${script}_v1.yaml" "$accelerate_config" --overwrite_merged true
 done
@@ -82,10 +82,10 @@ echo "run_script: the SimPO ablation, with TRL's default beta and gamma"
 train simpo training_configs/simpo_trl_defaults.yaml "$accelerate_config" --overwrite_merged true
 
 echo "run_script: evaluating the merged models on the held-out pairs"
-python -m prefopt.evaluate models/dpo_v1 models/kto_v1 models/simpo_v1 models/simpo_trl_defaults \
-  --reward_fn prefopt.sentiment:gold_reward
-python -m prefopt.compare
-python -m prefopt.ablation
-python -m prefopt.results
+python -m experiment.evaluate models/dpo_v1 models/kto_v1 models/simpo_v1 models/simpo_trl_defaults \
+  --reward_fn experiment.gold_reward:gold_reward
+python -m experiment.figures
+python -m experiment.ablation
+python -m experiment.results
 echo "run_script: default experiment done in $((SECONDS - start))s; merged models in models/, figures in images/," \
-  "tables in results/results.md (python -m prefopt.results --update_readme copies them into README.md)"
+  "tables in results/results.md (python -m experiment.results --update_readme copies them into README.md)"

@@ -11,43 +11,38 @@ units, like the paper's gamma). The paper's values are beta 2.0-2.5 and gamma/be
 beta 0.1 the scaled reward differences are too small to overcome the margin and the loss barely moves.
 """
 
-import logging
 from dataclasses import dataclass, field
 
 from trl import get_peft_config
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-from prefopt.config import describe_batch, parse_args
+from prefopt.config import parse_args
 from prefopt.data import load_preference_data
 from prefopt.errors import UserError, exit_on_user_error
-from prefopt.finish import finish_run
-from prefopt.locking import lock_outputs
 from prefopt.modeling import load_model, load_tokenizer
-
-logger = logging.getLogger("simpo")
+from prefopt.run import configure_logging, finish_run, start_run
 
 
 @dataclass
 class SimPOConfig(CPOConfig):
     """TRL's CPO config with SimPO's loss and the SimPO paper's beta and gamma as defaults."""
 
-    loss_type: str = field(default="simpo", metadata={"help": "Must be 'simpo' (or 'alphapo') for this script."})
+    loss_type: str = field(default="simpo", metadata={"help": "Must be 'simpo' for this script."})
     cpo_alpha: float = field(default=0.0, metadata={"help": "Weight of CPO's NLL term; 0 for plain SimPO."})
     beta: float = field(default=2.0, metadata={"help": "Reward scale; the SimPO paper uses 2.0-2.5."})
     simpo_gamma: float = field(default=1.0, metadata={"help": "Target reward margin; the paper uses about 0.5 x beta."})
 
 
 def main(script_args, training_args, model_args, run_args):
-    lock_outputs(training_args.output_dir, run_args.merged_model_dir)
     if training_args.loss_type != "simpo":
         raise UserError(f"simpo.py trains SimPO: loss_type must be 'simpo', got '{training_args.loss_type}'")
-    logger.info(describe_batch(training_args))
 
     # Tokenizer & data, checked before the model is loaded
-    tokenizer = load_tokenizer(model_args, run_args, training_args.trust_remote_code)
+    tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(script_args, training_args, run_args, tokenizer)
 
     # Model
+    start_run(training_args, run_args)
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training
@@ -69,5 +64,6 @@ def main(script_args, training_args, model_args, run_args):
 
 
 if __name__ == "__main__":
+    configure_logging()
     with exit_on_user_error():
         main(*parse_args(SimPOConfig))

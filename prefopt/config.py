@@ -5,18 +5,16 @@ trainer's config (`DPOConfig`, `KTOConfig`, `CPOConfig`) and `ModelConfig`. `Run
 training (merge, plots). Every check here runs before any model or data is loaded, so a typo costs seconds.
 """
 
+import dataclasses
 import difflib
 import json
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import transformers
 import yaml
-from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from prefopt.data import DATA_FILE_BUILDERS
@@ -39,7 +37,9 @@ class RunArguments:
         default=False,
         metadata={"help": "Replace an existing `merged_model_dir`. Without it the run refuses to start."},
     )
-    images_dir: str = field(default="images", metadata={"help": "Where the loss plots are written."})
+    images_dir: str | None = field(
+        default=None, metadata={"help": "Where the loss plot is written. Defaults to the run's `output_dir`."}
+    )
     dataset_columns: dict[str, str] | str | None = field(
         default=None,
         metadata={
@@ -63,15 +63,15 @@ class RunArguments:
     )
 
 
-# Keys of older library versions and of the algorithms' own repos -> (what they are now, how the value carries over).
+# Keys of older library versions and of the algorithms' own repos -> (what they are now, how the value carries over
+# given the settings: the config's values over the parsed dataclasses' defaults).
 # transformers 5 removed `warmup_ratio`: `warmup_steps` below 1 is a fraction of the total steps.
 RENAMED_KEYS = {
-    "warmup_ratio": ("warmup_steps", lambda value, config: value),
-    "torch_dtype": ("dtype", lambda value, config: value),
+    "warmup_ratio": ("warmup_steps", lambda value, settings: value),
+    "torch_dtype": ("dtype", lambda value, settings: value),
     # The SimPO repo's margin is relative to beta; TRL's simpo_gamma is the margin itself.
-    "gamma_beta_ratio": ("simpo_gamma", lambda value, config: value * config.get("beta", SIMPO_PAPER_BETA)),
+    "gamma_beta_ratio": ("simpo_gamma", lambda value, settings: value * settings["beta"]),
 }
-SIMPO_PAPER_BETA = 2.0  # simpo.py's default beta, used when a config gives gamma_beta_ratio without beta
 SECRET_KEYS = ("hub_token",)
 
 logger = logging.getLogger(__name__)
@@ -95,15 +95,24 @@ class PrefOptParser(TrlParser):
                 )
         for old_key, (new_key, convert) in RENAMED_KEYS.items():
             if old_key in config and new_key not in config:
-                config[new_key] = convert(config.pop(old_key), config)
+                config[new_key] = convert(config.pop(old_key), {**self._field_defaults(), **config})
                 logger.warning("%s: '%s' is now '%s: %s'", self.config_path, old_key, new_key, config[new_key])
         return super().set_defaults_with_config(**config)
 
+    def _field_defaults(self) -> dict:
+        return {
+            field.name: field.default
+            for dataclass_type in self.dataclass_types
+            for field in dataclasses.fields(dataclass_type)
+            if field.default is not dataclasses.MISSING
+        }
+
 
 def parse_args(training_config_class: type, args: list[str] | None = None) -> tuple:
-    """Parse `--config <yaml>` and command-line flags (which override the YAML) into TRL's dataclasses.
+    """Parse `--config <yaml>` and command-line flags (which override the YAML) into TRL's dataclasses, and check them.
 
-    Returns `(script_args, training_args, model_args, run_args)`.
+    Returns `(script_args, training_args, model_args, run_args)`. Raises `UserError` for an unknown key, a value out
+    of range or a path that does not exist; logs a warning for settings far from the papers' and LoRA practice.
     """
     parser = PrefOptParser((ScriptArguments, training_config_class, ModelConfig, RunArguments))
     parser.config_path = _config_path(args)
@@ -125,26 +134,14 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
         run_args.dataset_columns = _json_mapping(run_args.dataset_columns, "dataset_columns")
     if run_args.merged_model_dir is None:
         run_args.merged_model_dir = str(Path("models") / Path(training_args.output_dir).name)
+    if run_args.images_dir is None:
+        run_args.images_dir = training_args.output_dir
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint)
-    configure_logging(training_args)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if PartialState().num_processes < launched:
-        raise UserError(
-            f"accelerate started {launched} processes but they did not join one run; on a machine without GPUs "
-            "set use_cpu: true (or --use_cpu true)"
-        )
     _check_values(training_args, model_args, where=parser.config_path or "command line")
     _check_paths(script_args, model_args, training_args, run_args)
     for warning in unusual_settings(training_args, model_args):
         logger.warning(warning)
     return script_args, training_args, model_args, run_args
-
-
-def configure_logging(training_args) -> None:
-    """Our messages at INFO on the main process only; the libraries log as TRL's own scripts let them."""
-    level = logging.INFO if PartialState().is_main_process else logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
 
 
 def unusual_settings(training_args, model_args: ModelConfig) -> list[str]:
@@ -168,18 +165,6 @@ def unusual_settings(training_args, model_args: ModelConfig) -> list[str]:
     if not model_args.use_peft and learning_rate > 1e-4:
         warnings.append(f"learning_rate {learning_rate:g} is high for full fine-tuning (typically 5e-7 to 1e-5)")
     return warnings
-
-
-def describe_batch(training_args) -> str:
-    """The effective batch and the learning-rate schedule, as the run will see them."""
-    processes = PartialState().num_processes
-    per_device = training_args.per_device_train_batch_size
-    accumulation = training_args.gradient_accumulation_steps
-    return (
-        f"effective batch size {per_device * processes * accumulation} = {per_device} per device x {processes} "
-        f"process(es) x {accumulation} accumulation step(s); learning rate {training_args.learning_rate:g}, "
-        f"{training_args.lr_scheduler_type.value} schedule, warmup_steps {training_args.warmup_steps:g}"
-    )
 
 
 def _config_path(args: list[str] | None) -> str | None:

@@ -12,13 +12,15 @@ from trl import ModelConfig, get_quantization_config
 from prefopt.errors import UserError
 
 
-def load_tokenizer(model_args: ModelConfig, run_args, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    model_args: ModelConfig, chat_template_path: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with the chat template of `chat_template_path` when one is given."""
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
     )
-    if run_args.chat_template_path:
-        tokenizer.chat_template = read_chat_template(run_args.chat_template_path)
+    if chat_template_path:
+        tokenizer.chat_template = read_chat_template(chat_template_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

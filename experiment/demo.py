@@ -1,0 +1,502 @@
+"""The default experiment's assets, built offline from a seed: a tiny base model and gold-labelled preference pairs.
+
+A toy version of the DPO paper's controlled-sentiment experiment (IMDb):
+
+1. synthetic movie reviews from a template grammar, some positive, some negative, some mixed;
+2. a byte-level BPE tokenizer trained on them, with a ChatML-like chat template;
+3. a tiny Llama pretrained on them, so that its samples are fluent reviews of either sentiment;
+4. preference pairs: two samples of the base model per prompt, the one with the higher gold reward
+   (`experiment.gold_reward`) is chosen, and a fraction of the train labels is flipped, as human labels are noisy.
+
+`python -m experiment.demo` builds whatever is missing under `models/demo-base` and `data/demo`.
+"""
+
+import contextlib
+import inspect
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    get_cosine_schedule_with_warmup,
+)
+
+from experiment.commands import command_parser, log_progress
+from prefopt.atomic import atomic_directory
+from experiment.gold_reward import NEGATIVE_WORDS, POSITIVE_WORDS, gold_reward_batch
+
+logger = logging.getLogger(__name__)
+
+# --- Review grammar -------------------------------------------------------------------------------------------------
+# A review is an opening (the prompt) and a continuation of one to three sentences. Each opening ends where one kind
+# of sentence head fits: an adjective phrase ("The film was" + " really witty."), a clause ("I watched this film last
+# night and" + " it felt dull."), or a verb ("The acting in this film" + " seemed superb and moving.").
+_OPENINGS_BY_HEAD: dict[str, tuple[str, ...]] = {
+    "{phrase}.": (
+        "The {subject} was",
+        "Overall, the {subject} was",
+        "Honestly, this {subject} was",
+        "I thought the {subject} was",
+        "My friends said the {subject} was",
+        "To be fair, the {subject} is",
+        "For me, this {subject} felt",
+        "The ending of the {subject} was",
+        "The story of this {subject} is",
+    ),
+    "{clause} {phrase}.": (
+        "I watched this {subject} last night and",
+        "We saw the {subject} on Friday and",
+        "After the first ten minutes of the {subject},",
+        "I went into this {subject} with no expectations and",
+        "My sister picked this {subject}, and",
+        "I rented the {subject} for the weekend and",
+        "By the end of the {subject},",
+        "Having seen every {subject} by this director,",
+        "We streamed the {subject} at home and",
+    ),
+    "{verb} {phrase}.": (
+        "The acting in this {subject}",
+        "The dialogue in the {subject}",
+        "The plot of this {subject}",
+        "Every scene in the {subject}",
+        "The cast of the {subject}",
+        "The music in this {subject}",
+        "The pacing of the {subject}",
+        "The main character in the {subject}",
+        "The second half of the {subject}",
+    ),
+}
+_SUBJECTS = (
+    "movie", "film", "sequel", "remake", "comedy", "thriller", "drama", "documentary", "western", "musical", "series",
+)  # fmt: skip
+# Every prompt (an opening with its subject filled in) and the template of the sentence that continues it.
+_PROMPTS: list[tuple[str, str]] = [
+    (opening.format(subject=subject), head)
+    for head, openings in _OPENINGS_BY_HEAD.items()
+    for opening in openings
+    for subject in _SUBJECTS
+]
+# Sentences after the head; each has one sentiment, drawn per sentence from the review's tone.
+_TAILS = (
+    "The {aspect} {verb} {phrase}.",
+    "I thought the {aspect} was {phrase}.",
+    "Some of the scenes were {phrase}.",
+    "Overall it was {a_adjective} {outing}.",
+    "My {person} found it {phrase}.",
+    "It is {a_adjective} {outing} for the whole family.",
+)
+_PHRASES = ("{adjective}", "{adverb} {adjective}", "{adjective} and {adjective}")
+# Neutral adjectives dilute the sentiment words, so that rewards vary within a tone.
+_NEUTRAL_WORDS = (
+    "long", "quiet", "simple", "familiar", "loud", "serious", "short", "colorful", "unusual", "dark", "modern",
+    "plain", "strange", "gentle", "fast",
+)  # fmt: skip
+_NEUTRAL_PROBABILITY = 0.2
+# fmt: off
+_SLOT_WORDS: dict[str, tuple[str, ...]] = {
+    "clause": ("it was", "it felt", "I found it", "the whole thing was", "it turned out", "honestly it was"),
+    "verb": ("was", "felt", "seemed", "is", "looked"),
+    "adverb": ("very", "really", "quite", "truly", "rather", "so", "pretty", "incredibly"),
+    "aspect": (
+        "acting", "script", "soundtrack", "ending", "plot", "dialogue", "camera work", "pacing", "cast", "humor",
+        "story", "direction", "lead actor", "score",
+    ),
+    "person": ("friend", "wife", "husband", "brother", "sister", "roommate", "dad", "mom"),
+    "outing": ("watch", "evening", "experience", "story", "ride", "night out"),
+}
+# fmt: on
+# Probability that a sentence is positive, for a positive, a negative and a mixed review; uniform over the three
+# keeps the base model's samples balanced between sentiments.
+_TONES = (0.9, 0.1, 0.5)
+_SLOT = re.compile(r"\{(\w+)\}")
+
+# --- Tokenizer and model --------------------------------------------------------------------------------------------
+_BOS, _EOS, _PAD, _UNK = "<s>", "</s>", "<pad>", "<unk>"
+_IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
+_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_VOCAB_SIZE = 1000  # an upper bound: merges stop once every word of the grammar is a single token
+_MAX_POSITIONS = 128  # a review is under 50 tokens
+_MODEL_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+_PRETRAIN_BATCH_SIZE = 32
+_PRETRAIN_LEARNING_RATE = 3e-3
+_MAX_THREADS = 4  # a model this small gains nothing from more
+
+# --- Preference pairs -----------------------------------------------------------------------------------------------
+_TEST_PROMPT_FRACTION = 0.15
+_MAX_NEW_TOKENS = 32  # room for the longest continuation of the grammar (28 tokens) and its EOS
+_SAMPLING_BATCH_SIZE = 256  # prompts per `generate` call, two samples each
+_MAX_SAMPLING_ROUNDS = 50  # a pair whose two samples tie is resampled, at most this many times
+
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+_DATA_FILES = ("train.jsonl", "test.jsonl")
+
+
+def build_demo_assets(
+    model_dir: str | Path = "models/demo-base",
+    data_dir: str | Path = "data/demo",
+    *,
+    seed: int = 0,
+    num_train_pairs: int = 2000,
+    num_test_pairs: int = 200,
+    pretrain_steps: int = 300,
+    label_noise: float = 0.1,
+    force: bool = False,
+) -> None:
+    """Build the base model in `model_dir` and the preference pairs in `data_dir`, each only if missing.
+
+    The model is complete when `config.json`, `model.safetensors` and `tokenizer.json` exist; the data when
+    `train.jsonl` and `test.jsonl` do. `force` rebuilds both. The same seed gives the same files on the same machine,
+    and a killed build never leaves a directory that looks complete.
+
+    Args:
+        seed: Seeds the corpus, the model's initialisation and training, the sampling and the label noise.
+        num_train_pairs: Pairs in `train.jsonl`, sampled from 85% of the prompts.
+        num_test_pairs: Pairs in `test.jsonl`, sampled from the other 15%, so that the test prompts are held out.
+        pretrain_steps: Optimizer steps of pretraining, each on a batch of reviews not seen before.
+        label_noise: Probability that a train pair's chosen and rejected are swapped. Test labels stay clean, so that
+            held-out preference accuracy measures agreement with the gold reward.
+        force: Rebuild even what exists.
+    """
+    if min(num_train_pairs, num_test_pairs, pretrain_steps) < 1:
+        raise ValueError("num_train_pairs, num_test_pairs and pretrain_steps must be at least 1")
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    build_model = force or not all((model_dir / name).is_file() for name in _MODEL_FILES)
+    # A new base model needs new pairs: they are its own samples.
+    build_data = build_model or not all((data_dir / name).is_file() for name in _DATA_FILES)
+    if not build_data:
+        logger.info("demo: %s and %s are complete, nothing to build", model_dir, data_dir)
+        return
+
+    # A private RNG state and thread count: building must not change what the caller's code samples or runs on.
+    with torch.random.fork_rng(devices=[]), _torch_threads(min(_MAX_THREADS, torch.get_num_threads())):
+        if build_model:
+            _build_base_model(model_dir, seed=seed, pretrain_steps=pretrain_steps)
+        else:
+            logger.info("demo: %s is complete, sampling the pairs from it", model_dir)
+        _build_preference_data(
+            model_dir,
+            data_dir,
+            seed=seed,
+            num_train_pairs=num_train_pairs,
+            num_test_pairs=num_test_pairs,
+            label_noise=label_noise,
+        )
+
+
+def synthetic_reviews(num_reviews: int, seed: int) -> list[str]:
+    """`num_reviews` reviews of the demo grammar (opening and continuation), over all openings."""
+    rng = _rng(seed, "reviews")
+    return [prompt + _continuation(head, rng) for prompt, head in (rng.choice(_PROMPTS) for _ in range(num_reviews))]
+
+
+def split_prompts(seed: int) -> tuple[list[str], list[str]]:
+    """All review openings, split into train and held-out test prompts (about 85% and 15%)."""
+    prompts = [prompt for prompt, _ in _PROMPTS]
+    _rng(seed, "split").shuffle(prompts)
+    num_test = round(_TEST_PROMPT_FRACTION * len(prompts))
+    return prompts[num_test:], prompts[:num_test]
+
+
+def document_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, reviews: list[str]) -> float:
+    """Mean next-token loss (nats) of `model` on `reviews` as `<bos>review<eos>` documents."""
+    with torch.no_grad():
+        return model(**_document_batch(tokenizer, reviews)).loss.item()
+
+
+# --- Review grammar -------------------------------------------------------------------------------------------------
+def _continuation(head: str, rng: random.Random) -> str:
+    """A head sentence then one or two tail sentences, each with a sentiment drawn from one tone for the review."""
+    positive_probability = rng.choice(_TONES)
+    sentences = [head, *rng.sample(_TAILS, rng.choice((1, 2)))]
+    return "".join(" " + _expand(sentence, rng.random() < positive_probability, rng) for sentence in sentences)
+
+
+def _expand(template: str, positive: bool, rng: random.Random) -> str:
+    """Fill each `{slot}` of `template`; adjectives are sentiment words of the given polarity, or neutral."""
+
+    def fill(slot: re.Match) -> str:
+        name = slot.group(1)
+        if name == "phrase":
+            return _expand(rng.choice(_PHRASES), positive, rng)
+        if name in ("adjective", "a_adjective"):
+            sentiment_words = POSITIVE_WORDS if positive else NEGATIVE_WORDS
+            adjective = rng.choice(_NEUTRAL_WORDS if rng.random() < _NEUTRAL_PROBABILITY else sentiment_words)
+            article = "an" if adjective[0] in "aeiou" else "a"
+            return f"{article} {adjective}" if name == "a_adjective" else adjective
+        return rng.choice(_SLOT_WORDS[name])
+
+    return _SLOT.sub(fill, template)
+
+
+def _rng(seed: int, purpose: str) -> random.Random:
+    """An RNG per purpose, so that e.g. changing the number of pairs leaves the prompt split unchanged."""
+    return random.Random(f"{purpose}-{seed}")
+
+
+# --- Tokenizer and base model ---------------------------------------------------------------------------------------
+def _build_base_model(model_dir: Path, *, seed: int, pretrain_steps: int) -> None:
+    """Train the tokenizer and pretrain the tiny Llama on synthetic reviews; save both to `model_dir`."""
+    start = time.perf_counter()
+    reviews = synthetic_reviews(pretrain_steps * _PRETRAIN_BATCH_SIZE, seed)
+    tokenizer = _train_tokenizer(reviews)
+    logger.info(
+        "demo: generated %d reviews and trained a tokenizer (vocab %d) in %.1fs",
+        len(reviews),
+        len(tokenizer),
+        time.perf_counter() - start,
+    )
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=_MAX_POSITIONS,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **_MODEL_SHAPE,
+        )
+    )
+    model.generation_config = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,  # plain ancestral sampling: transformers would otherwise default to top_k=50
+        top_p=1.0,
+        max_new_tokens=_MAX_NEW_TOKENS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    loss = _pretrain(model, tokenizer, reviews)
+    with atomic_directory(model_dir) as staging_dir:
+        model.save_pretrained(staging_dir)
+        tokenizer.save_pretrained(staging_dir)
+    logger.info(
+        "demo: pretrained base model (%.2fM parameters, %d steps, final loss %.2f) in %.1fs -> %s",
+        model.num_parameters() / 1e6,
+        pretrain_steps,
+        loss,
+        time.perf_counter() - start,
+        model_dir,
+    )
+
+
+def _train_tokenizer(reviews: list[str]) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (any text round-trips) that adds BOS, as TRL expects of a base model's tokenizer."""
+    tokenizer = Tokenizer(models.BPE(unk_token=_UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_VOCAB_SIZE,
+        special_tokens=[_PAD, _BOS, _EOS, _UNK, _IM_START, _IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(reviews, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{_BOS} $A", pair=f"{_BOS} $A $B:1", special_tokens=[(_BOS, tokenizer.token_to_id(_BOS))]
+    )
+    # Saved as PreTrainedTokenizerFast ("TokenizersBackend" in transformers 5), AutoTokenizer loads tokenizer.json as
+    # is; saved as a LlamaTokenizer, it would be rebuilt from the vocabulary with Llama's own pre-tokenizer.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=_BOS,
+        eos_token=_EOS,
+        pad_token=_PAD,
+        unk_token=_UNK,
+        extra_special_tokens=[_IM_START, _IM_END],
+        chat_template=_CHAT_TEMPLATE,
+        model_max_length=_MAX_POSITIONS,
+    )
+
+
+def _pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, reviews: list[str]) -> float:
+    """One pass over `reviews` as `<bos>review<eos>` documents (so it learns to stop); returns the last loss."""
+    num_steps = len(reviews) // _PRETRAIN_BATCH_SIZE
+    optimizer = torch.optim.AdamW(model.parameters(), lr=_PRETRAIN_LEARNING_RATE, weight_decay=0.01)
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_steps // 10, num_training_steps=num_steps)
+    model.train()
+    for step in range(num_steps):
+        batch = _document_batch(tokenizer, reviews[step * _PRETRAIN_BATCH_SIZE : (step + 1) * _PRETRAIN_BATCH_SIZE])
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    model.eval()
+    return loss.item()
+
+
+def _document_batch(tokenizer: PreTrainedTokenizerFast, reviews: list[str]) -> dict[str, torch.Tensor]:
+    """Right-padded `<bos>review<eos>` token ids, with labels that ignore the padding."""
+    batch = tokenizer([review + tokenizer.eos_token for review in reviews], padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return {**batch, "labels": labels}
+
+
+# --- Preference pairs -----------------------------------------------------------------------------------------------
+def _build_preference_data(
+    model_dir: Path, data_dir: Path, *, seed: int, num_train_pairs: int, num_test_pairs: int, label_noise: float
+) -> None:
+    """Sample and label the train and test pairs with the base model in `model_dir`; write them to `data_dir`."""
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    train_prompts, test_prompts = split_prompts(seed)
+
+    torch.manual_seed(seed)
+    train_pairs, train_rewards = _sample_preference_pairs(model, tokenizer, train_prompts, num_train_pairs)
+    test_pairs, test_rewards = _sample_preference_pairs(model, tokenizer, test_prompts, num_test_pairs)
+    num_flipped = _flip_labels(train_pairs, label_noise, _rng(seed, "label-noise"))
+
+    base_rewards = train_rewards + test_rewards
+    metadata = {
+        "seed": seed,
+        "num_train_pairs": num_train_pairs,
+        "num_test_pairs": num_test_pairs,
+        "num_train_prompts": len(train_prompts),
+        "num_test_prompts": len(test_prompts),
+        "label_noise": label_noise,
+        "train_chosen_better_fraction": 1 - num_flipped / num_train_pairs,
+        "test_chosen_better_fraction": 1.0,
+        "num_base_samples": len(base_rewards),
+        "base_mean_gold_reward": sum(base_rewards) / len(base_rewards),
+        "base_positive_fraction": sum(reward > 0.5 for reward in base_rewards) / len(base_rewards),
+        "base_negative_fraction": sum(reward < 0.5 for reward in base_rewards) / len(base_rewards),
+        "sampling": {
+            "temperature": model.generation_config.temperature,
+            "max_new_tokens": model.generation_config.max_new_tokens,
+        },
+    }
+    with atomic_directory(data_dir) as staging_dir:
+        (staging_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        for name, pairs in (("train.jsonl", train_pairs), ("test.jsonl", test_pairs)):
+            (staging_dir / name).write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    logger.info(
+        "demo: sampled %d train and %d test pairs (base samples: mean gold reward %.2f, %.0f%% positive) "
+        "in %.1fs -> %s",
+        num_train_pairs,
+        num_test_pairs,
+        metadata["base_mean_gold_reward"],
+        100 * metadata["base_positive_fraction"],
+        time.perf_counter() - start,
+        data_dir,
+    )
+
+
+def _sample_preference_pairs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str], num_pairs: int
+) -> tuple[list[dict[str, str]], list[float]]:
+    """`num_pairs` pairs over `prompts` in turn, chosen having the higher gold reward; also every sample's reward.
+
+    Both completions of a pair are samples of `model` for the same prompt. A pair is resampled when they tie (as
+    identical samples do) or when one is empty or does not start with a space.
+    """
+    pairs: list[dict[str, str] | None] = [None] * num_pairs
+    rewards: list[float] = []
+    for _ in range(_MAX_SAMPLING_ROUNDS):
+        pending = [index for index, pair in enumerate(pairs) if pair is None]
+        if not pending:
+            return pairs, rewards
+        for batch_start in range(0, len(pending), _SAMPLING_BATCH_SIZE):
+            indices = pending[batch_start : batch_start + _SAMPLING_BATCH_SIZE]
+            batch_prompts = [prompts[index % len(prompts)] for index in indices]
+            completions = _sample_completions(model, tokenizer, batch_prompts * 2)
+            completion_rewards = gold_reward_batch(
+                prompt + completion for prompt, completion in zip(batch_prompts * 2, completions)
+            )
+            rewards += completion_rewards
+            # The first half of the samples holds each prompt's first completion, the second half its second.
+            scored = list(zip(completions, completion_rewards))
+            firsts, seconds = scored[: len(indices)], scored[len(indices) :]
+            for index, prompt, first, second in zip(indices, batch_prompts, firsts, seconds):
+                ranked = sorted((first, second), key=lambda sample: sample[1], reverse=True)
+                (chosen, chosen_reward), (rejected, rejected_reward) = ranked
+                if chosen_reward > rejected_reward and _is_continuation(chosen) and _is_continuation(rejected):
+                    pairs[index] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    raise RuntimeError(
+        f"{sum(pair is None for pair in pairs)} of {num_pairs} pairs still tie after {_MAX_SAMPLING_ROUNDS} rounds "
+        "of sampling: the base model's samples barely vary in sentiment; pretrain it for more steps"
+    )
+
+
+def _sample_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> list[str]:
+    """One sample per prompt with the model's generation config, as text without special tokens."""
+    batch = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**batch)
+    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _is_continuation(completion: str) -> bool:
+    """Starts a new word (so the prompt's tokens are a prefix of prompt + completion's) and holds some text."""
+    return completion.startswith(" ") and bool(completion.strip())
+
+
+def _flip_labels(pairs: list[dict[str, str]], label_noise: float, rng: random.Random) -> int:
+    """Swap chosen and rejected of each pair with probability `label_noise`; returns how many were swapped."""
+    num_flipped = 0
+    for pair in pairs:
+        if rng.random() < label_noise:
+            pair["chosen"], pair["rejected"] = pair["rejected"], pair["chosen"]
+            num_flipped += 1
+    return num_flipped
+
+
+# --- Files and runtime ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _torch_threads(num_threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m experiment.demo [--force] [--seed N] [--model_dir DIR] [--data_dir DIR] ...`"""
+    parser = command_parser("experiment.demo", __doc__)
+    parser.add_argument("--model_dir", help="where the base model goes")
+    parser.add_argument("--data_dir", help="where the preference pairs go")
+    parser.add_argument("--seed", type=int, help="seed of the whole build")
+    parser.add_argument("--num_train_pairs", type=int, help="pairs in train.jsonl")
+    parser.add_argument("--num_test_pairs", type=int, help="pairs in test.jsonl")
+    parser.add_argument("--pretrain_steps", type=int, help="pretraining steps of the base model")
+    parser.add_argument("--label_noise", type=float, help="probability of flipping a train label")
+    parser.add_argument("--force", action="store_true", help="rebuild the model and the data even if they exist")
+    # The defaults are those of `build_demo_assets`, so that they are written down once.
+    parser.set_defaults(**{name: p.default for name, p in inspect.signature(build_demo_assets).parameters.items()})
+    args = parser.parse_args(argv)
+    log_progress()
+    transformers.utils.logging.disable_progress_bar()  # one line per step
+    build_demo_assets(**vars(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""Held-out evaluation of merged models, with measures that mean the same thing for DPO, KTO and SimPO.
+
+    python -m experiment.evaluate --reward_fn experiment.gold_reward:gold_reward    # the demo: every model in models/
+    python -m experiment.evaluate models/dpo_v1 models/kto_v1 --base_model models/demo-base --dataset data/demo
+    python -m experiment.evaluate models/my_dpo --base_model my-org/base --dataset my_pairs.jsonl --split train
+
+For each model, and for the base model where it applies:
+- preference accuracy on the held-out pairs: how often the chosen response gets the higher per-token log-probability
+  than the rejected one (ties count half), and the mean per-token log-probability margin;
+- with `--reward_fn module:function` (a function text -> float; the demo's is `experiment.gold_reward:gold_reward`):
+  samples for the held-out prompts, drawn with the model's generation config from a fixed seed, scored by the
+  reward; their win rate against the base model's samples for the same prompts (ties count half); and the KL
+  divergence from the base, estimated on the policy's own samples as the mean of log pi(y|x) - log pi_base(y|x);
+- the training cost, from the run's output_dir (`<runs_dir>/<model name>`, the scripts' default): train time, train
+  tokens per second, the training process's CPU time (which, unlike wall time, a shared machine barely changes)
+  and peak memory, and the step from which the smoothed loss is stable (`steps_to_stable_loss`).
+
+The reward function sees the prompt followed by the completion, as text without special tokens. Means come with
+their standard error over examples. Everything is written to one JSON file (results/results.json).
+"""
+
+import importlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import transformers
+from accelerate import PartialState
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig, ScriptArguments
+from trl.data_utils import maybe_extract_prompt
+
+from experiment.convergence import smooth, steps_to_stable_loss
+from experiment.commands import command_parser, log_progress
+from prefopt.atomic import atomic_file
+from prefopt.data import check_columns, load_preference_dataset
+from prefopt.errors import UserError, exit_on_user_error
+from prefopt.modeling import load_model, load_tokenizer
+from prefopt.run import RESOURCE_USAGE_FILE
+from prefopt.run_logs import TRAINER_STATE, loss_curves, read_trainer_state
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = 3  # samples (prompt and completion) kept per model in the results, to read what the numbers describe
+
+# A sequence to score: the prompt's token ids and the completion's (scored) token ids.
+PromptCompletion = tuple[list[int], list[int]]
+
+
+# --- Log-probabilities ----------------------------------------------------------------------------------------------
+def tokenize_pair(tokenizer: PreTrainedTokenizerBase, prompt: str | list, completion: str | list) -> PromptCompletion:
+    """Prompt and completion token ids as TRL's DPO and KTO trainers build them.
+
+    Text completions end with EOS; conversations go through the chat template. The completion starts where the
+    tokenized prompt and prompt + completion diverge, which is not always the prompt's end.
+    """
+    if isinstance(prompt, list):
+        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        full_ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False)
+    else:
+        if not completion.endswith(tokenizer.eos_token):
+            completion += tokenizer.eos_token
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full_ids = tokenizer(prompt + completion)["input_ids"]
+    start = next(
+        (i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids))
+    )
+    return prompt_ids[:start], full_ids[start:]
+
+
+def completion_logprobs(
+    model: PreTrainedModel, sequences: Sequence[PromptCompletion], batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(completion | prompt), summed over the completion's tokens, and the number of those tokens."""
+    sums, counts = [], []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        width = max(len(prompt) + len(completion) for prompt, completion in batch)
+        input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        completion_mask = torch.zeros_like(input_ids)
+        for row, (prompt, completion) in enumerate(batch):  # right padding: positions count from 0 as in training
+            end = len(prompt) + len(completion)
+            input_ids[row, :end] = torch.tensor(prompt + completion)
+            attention_mask[row, :end] = 1
+            completion_mask[row, len(prompt) : end] = 1
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
+        token_logps = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None].to(model.device))
+        mask = completion_mask[:, 1:].to(model.device)
+        sums.append((token_logps.squeeze(-1) * mask).sum(-1).cpu())
+        counts.append(mask.sum(-1).cpu())
+    return torch.cat(sums), torch.cat(counts)
+
+
+def preference_outcomes(
+    model: PreTrainedModel, pairs: Sequence[tuple[PromptCompletion, PromptCompletion]]
+) -> tuple[list, list]:
+    """Per pair (chosen, rejected): 1 if chosen has the higher per-token log-probability, 0 if lower, 0.5 on a tie;
+    and the per-token log-probability margin, chosen minus rejected."""
+    logps, counts = completion_logprobs(model, [sequence for pair in pairs for sequence in pair])
+    per_token = (logps / counts.clamp(min=1)).view(-1, 2)
+    margins = per_token[:, 0] - per_token[:, 1]
+    return ((margins > 0).float() + 0.5 * (margins == 0).float()).tolist(), margins.tolist()
+
+
+# --- Samples --------------------------------------------------------------------------------------------------------
+def sample_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[list[int]],
+    samples_per_prompt: int,
+    seed: int,
+    batch_size: int = 256,
+) -> list[PromptCompletion]:
+    """`samples_per_prompt` completions of each prompt (token ids, EOS included when generated), grouped by prompt.
+
+    Drawn with the model's generation config from `seed`: models evaluated with the same seed draw from the same
+    random numbers, so that the comparison with the base model's samples is paired.
+    """
+    eos_ids = model.generation_config.eos_token_id
+    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
+    pad_id = tokenizer.pad_token_id
+    requests = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+    samples = []
+    transformers.set_seed(seed)
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start : start + batch_size]
+        width = max(map(len, batch))
+        input_ids = torch.tensor([[pad_id] * (width - len(prompt)) + prompt for prompt in batch])  # left padding
+        attention_mask = torch.tensor([[0] * (width - len(prompt)) + [1] * len(prompt) for prompt in batch])
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)
+            )
+        for prompt, generated in zip(batch, output[:, width:].tolist()):
+            end = next((i + 1 for i, token in enumerate(generated) if token in eos_ids), len(generated))
+            samples.append((prompt, generated[:end]))
+    return samples
+
+
+def distinct_fraction(completion: Sequence[int]) -> float:
+    """The share of a sample's tokens that are distinct: near 1 for fluent short text, low for a repeated loop."""
+    return len(set(completion)) / len(completion) if completion else 1.0
+
+
+def win_outcomes(rewards: Sequence[float], base_rewards: Sequence[float]) -> list[float]:
+    """Per sample: 1 if it scores above the base model's sample for the same prompt, 0 below, 0.5 on a tie."""
+    return [1.0 if reward > base else 0.5 if reward == base else 0.0 for reward, base in zip(rewards, base_rewards)]
+
+
+def load_reward_fn(spec: str) -> Callable[[str], float]:
+    """`module:function` -> the function, e.g. `experiment.gold_reward:gold_reward`."""
+    module_name, _, function_name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise UserError(f"--reward_fn: cannot load '{spec}' (expected module:function): {error}") from None
+    if not callable(function):
+        raise UserError(f"--reward_fn: '{spec}' is not a function")
+    return function
+
+
+def mean_stderr(values: Sequence[float]) -> dict[str, float]:
+    """{"mean", "stderr"}: the mean and its standard error, sample standard deviation / sqrt(n)."""
+    n = len(values)
+    mean = sum(values) / n
+    variance = sum((value - mean) ** 2 for value in values) / (n - 1) if n > 1 else 0.0
+    return {"mean": mean, "stderr": math.sqrt(variance / n)}
+
+
+# --- Training cost --------------------------------------------------------------------------------------------------
+def train_tokens_per_epoch(pairs: Sequence[tuple[PromptCompletion, PromptCompletion]]) -> int:
+    """Tokens of one pass over the train pairs: prompt + chosen and prompt + rejected, as all three trainers see them.
+
+    Counted from the data because TRL's CPOTrainer (SimPO) does not log `num_tokens`; on the same data this equals
+    what DPOTrainer and KTOTrainer log (without truncation to `max_length`).
+    """
+    return sum(len(prompt) + len(completion) for pair in pairs for prompt, completion in pair)
+
+
+def training_cost(run_dir: str | Path, tokens_per_epoch: int) -> dict:
+    """Train time, tokens per second, the process's CPU time and peak memory, and loss convergence of a run."""
+    run_dir = Path(run_dir)
+    state = read_trainer_state(run_dir)
+    history = state["log_history"]
+    runtime = next(entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry)
+    steps, losses = loss_curves(history)["train"]
+    smoothed = smooth(losses)
+    usage_file = run_dir / RESOURCE_USAGE_FILE  # written by the scripts' finish_run
+    usage = json.loads(usage_file.read_text()) if usage_file.is_file() else None
+    tokens = state["epoch"] * tokens_per_epoch
+    stable_step = steps_to_stable_loss(steps, losses)
+    return {
+        "run_dir": str(run_dir),
+        "steps": state["global_step"],
+        "epochs": state["epoch"],
+        "train_runtime_s": runtime,
+        "train_tokens": round(tokens),
+        "tokens_per_second": tokens / runtime,
+        "process_cpu_time_s": usage["cpu_time_s"] if usage else None,
+        "peak_memory_mb": usage["peak_memory_bytes"] / 2**20 if usage else None,
+        "initial_loss": smoothed[0],
+        "final_loss": smoothed[-1],
+        "steps_to_stable_loss": stable_step,
+        "epochs_to_stable_loss": stable_step / state["global_step"] * state["epoch"],  # KTO: 2 steps per pair
+    }
+
+
+# --- Evaluation -----------------------------------------------------------------------------------------------------
+def load_pairs(
+    tokenizer: PreTrainedTokenizerBase, dataset: str, split: str
+) -> list[tuple[PromptCompletion, PromptCompletion]]:
+    """The token ids of each (chosen, rejected) pair of `dataset`'s `split`, as the trainers tokenize them."""
+    splits = load_preference_dataset(ScriptArguments(dataset_name=dataset, dataset_train_split=split))
+    if split not in splits:
+        raise UserError(f"{dataset}: no split '{split}' (splits: {', '.join(splits)})")
+    rows = splits[split]
+    check_columns(rows, f"{dataset} [{split}]")
+    return [
+        (
+            tokenize_pair(tokenizer, row["prompt"], row["chosen"]),
+            tokenize_pair(tokenizer, row["prompt"], row["rejected"]),
+        )
+        for row in rows.map(maybe_extract_prompt)
+    ]
+
+
+def evaluate_models(
+    model_paths: Sequence[str | Path],
+    base_model: str,
+    dataset: str,
+    split: str = "test",
+    train_split: str = "train",
+    runs_dir: str | Path | None = "outputs",
+    reward_fn: str | None = None,
+    num_prompts: int | None = None,
+    samples_per_prompt: int = 8,
+    seed: int = 0,
+) -> dict:
+    """Score the base model and each of `model_paths` on `dataset`'s `split`; the results as results.json holds them.
+
+    The training cost of a model is read from `<runs_dir>/<model directory name>` when that holds a run.
+    """
+    start = time.perf_counter()
+    device = PartialState().device
+    # The tokenizer the first model was trained with: it carries the chat template that training used, if any.
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(model_paths[0])))
+    pairs = load_pairs(tokenizer, dataset, split)
+    # Held-out prompts in order of first appearance: a prompt shared by several pairs is sampled once.
+    prompts = list({tuple(prompt): prompt for (prompt, _), _ in pairs}.values())[:num_prompts]
+    reward = load_reward_fn(reward_fn) if reward_fn else None
+    tokens_per_epoch = None
+
+    base = _load_model(base_model, device)
+    results = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "setup": {
+            "base_model": base_model,
+            "dataset": dataset,
+            "split": split,
+            "num_pairs": len(pairs),
+            "reward_fn": reward_fn,
+            "num_prompts": len(prompts) if reward else 0,
+            "samples_per_prompt": samples_per_prompt if reward else 0,
+            "seed": seed,
+            "device": str(device),
+        },
+    }
+    base_samples = sample_completions(base, tokenizer, prompts, samples_per_prompt, seed) if reward else []
+    results["base"], base_rewards = _score(base, tokenizer, pairs, base_samples, reward)
+    results["models"] = {}
+    for path in map(Path, model_paths):
+        logger.info("evaluate: %s", path)
+        model = _load_model(path, device)
+        samples = sample_completions(model, tokenizer, prompts, samples_per_prompt, seed) if reward else []
+        scores, rewards = _score(model, tokenizer, pairs, samples, reward)
+        if reward:
+            policy_logps, _ = completion_logprobs(model, samples)
+            base_logps, _ = completion_logprobs(base, samples)
+            scores["win_rate"] = mean_stderr(win_outcomes(rewards, base_rewards))
+            scores["kl"] = mean_stderr((policy_logps - base_logps).tolist())
+        run_dir = Path(runs_dir) / path.name if runs_dir else None
+        if run_dir and (run_dir / TRAINER_STATE).is_file():
+            if tokens_per_epoch is None:
+                tokens_per_epoch = train_tokens_per_epoch(load_pairs(tokenizer, dataset, train_split))
+            scores["training"] = training_cost(run_dir, tokens_per_epoch)
+        results["models"][path.name] = {"path": str(path), **scores}
+        del model
+    results["evaluation_time_s"] = time.perf_counter() - start
+    return results
+
+
+def _load_model(path: str | Path, device: torch.device) -> PreTrainedModel:
+    model = load_model(ModelConfig(model_name_or_path=str(path))).to(device).eval()
+    config = model.generation_config
+    if not config.do_sample or config.temperature != 1.0 or config.top_k or config.top_p != 1.0:
+        logger.warning("%s: its generation config does not sample from the model as is: the KL is then biased", path)
+    return model
+
+
+def _score(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[PromptCompletion, PromptCompletion]],
+    samples: Sequence[PromptCompletion],
+    reward_fn: Callable[[str], float] | None,
+) -> tuple[dict, list[float]]:
+    """Preference accuracy and margin on `pairs`; the reward and length of `samples` when there is a reward."""
+    outcomes, margins = preference_outcomes(model, pairs)
+    scores = {"preference_accuracy": mean_stderr(outcomes), "logp_margin": mean_stderr(margins)}
+    if reward_fn is None:
+        return scores, []
+    texts = tokenizer.batch_decode([prompt + completion for prompt, completion in samples], skip_special_tokens=True)
+    rewards = [float(reward_fn(text)) for text in texts]
+    scores["reward"] = mean_stderr(rewards)
+    scores["sample_length"] = mean_stderr([len(completion) for _, completion in samples])
+    scores["distinct_fraction"] = mean_stderr([distinct_fraction(completion) for _, completion in samples])
+    per_prompt = len(samples) // len({tuple(prompt) for prompt, _ in samples})
+    scores["examples"] = texts[: EXAMPLES * per_prompt : per_prompt]
+    return scores, rewards
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = command_parser("experiment.evaluate", __doc__)
+    parser.add_argument(
+        "models", nargs="*", help="merged model directories (default: every model in models/ but the base)"
+    )
+    parser.add_argument("--base_model", default="models/demo-base", help="the model the others were trained from")
+    parser.add_argument("--dataset", default="data/demo", help="preference data, as the scripts' dataset_name")
+    parser.add_argument("--split", default="test", help="the held-out split to score on")
+    parser.add_argument("--train_split", default="train", help="the split the runs trained on, to count train tokens")
+    parser.add_argument("--runs_dir", default="outputs", help="where each model's run (output_dir) is, by model name")
+    parser.add_argument("--reward_fn", help="module:function scoring a text; without it no samples are drawn")
+    parser.add_argument("--num_prompts", type=int, help="held-out prompts to sample for (default: all)")
+    parser.add_argument("--samples_per_prompt", type=int, default=8, help="samples per prompt and model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, the same for every model")
+    parser.add_argument("--output", default="results/results.json", help="where the results are written")
+    args = parser.parse_args(argv)
+    log_progress()
+
+    models = args.models or sorted(
+        str(path.parent)
+        for path in Path("models").glob("*/config.json")
+        if path.parent.resolve() != Path(args.base_model).resolve()
+    )
+    if not models:
+        raise UserError("no models to evaluate: pass merged model directories, or train some into models/")
+    for model in models:
+        if not (Path(model) / "config.json").is_file():
+            raise UserError(f"no model at '{model}' (expected a directory holding config.json)")
+    results = evaluate_models(
+        models,
+        args.base_model,
+        args.dataset,
+        split=args.split,
+        train_split=args.train_split,
+        runs_dir=args.runs_dir,
+        reward_fn=args.reward_fn,
+        num_prompts=args.num_prompts,
+        samples_per_prompt=args.samples_per_prompt,
+        seed=args.seed,
+    )
+    with atomic_file(args.output) as staging:
+        staging.write_text(json.dumps(results, indent=2) + "\n")
+    logger.info("evaluate: %d models in %.0fs -> %s", len(models), results["evaluation_time_s"], args.output)
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main()

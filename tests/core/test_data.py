@@ -1,0 +1,181 @@
+"""Loading preference data in every supported source and format, the checks on it, and KTO's unpairing."""
+
+import re
+from types import SimpleNamespace
+
+import pytest
+from datasets import Dataset
+from transformers import AutoTokenizer
+from trl import ScriptArguments
+from trl.data_utils import unpair_preference_dataset
+
+from prefopt.data import load_preference_data, load_preference_dataset, unpaired_shuffled
+from prefopt.errors import UserError
+from tests.conftest import write_jsonl
+
+PAIRS = [{"prompt": f"Review {i}:", "chosen": " great.", "rejected": " awful."} for i in range(40)]
+CONVERSATIONS = [
+    {
+        "prompt": [{"role": "user", "content": f"Review film {i}."}],
+        "chosen": [{"role": "assistant", "content": "A great film."}],
+        "rejected": [{"role": "assistant", "content": "An awful film."}],
+    }
+    for i in range(8)
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_assets):
+    return AutoTokenizer.from_pretrained(demo_assets.model_dir)
+
+
+def load(source, tokenizer, *, evaluate=False, max_length=64, unpaired_ok=False, **run_keys):
+    """`load_preference_data` as the scripts call it, with the config keys it reads."""
+    run_args = SimpleNamespace(**{"dataset_columns": None, "test_size": None, **run_keys})
+    training_args = SimpleNamespace(eval_strategy="steps" if evaluate else "no", max_length=max_length, seed=0)
+    return load_preference_data(
+        ScriptArguments(dataset_name=str(source)), training_args, run_args, tokenizer, unpaired_ok
+    )
+
+
+def test_single_file_becomes_the_train_split(tmp_path):
+    dataset = load_preference_dataset(ScriptArguments(dataset_name=str(write_jsonl(tmp_path / "p.jsonl", PAIRS))))
+    assert list(dataset) == ["train"] and dataset["train"][3] == PAIRS[3]
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "json"])
+def test_parquet_csv_and_json_files(tmp_path, tokenizer, suffix):
+    path = tmp_path / f"pairs.{suffix}"
+    getattr(Dataset.from_list(PAIRS), f"to_{suffix}")(str(path))
+    train, test = load(path, tokenizer)
+    assert train[5] == PAIRS[5] and test is None
+
+
+def test_directory_splits_by_file_name(tmp_path, tokenizer):
+    write_jsonl(tmp_path / "train.jsonl", PAIRS[:30])
+    write_jsonl(tmp_path / "test.jsonl", PAIRS[30:])
+    train, test = load(tmp_path, tokenizer, evaluate=True)
+    assert (len(train), len(test)) == (30, 10)
+
+
+def test_test_size_holds_out_part_of_train_with_the_seed(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    train, test = load(path, tokenizer, evaluate=True, test_size=0.25)
+    assert (len(train), len(test)) == (30, 10)
+    assert list(test["prompt"]) == list(load(path, tokenizer, evaluate=True, test_size=0.25)[1]["prompt"])
+    assert len(load(path, tokenizer, evaluate=True, test_size=4)[1]) == 4
+
+
+def test_conversational_data_is_checked_and_kept(tmp_path, tokenizer):
+    train, _ = load(write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS), tokenizer)
+    assert train[0]["chosen"] == [{"role": "assistant", "content": "A great film."}]
+
+
+def test_implicit_prompt_is_extracted(tmp_path, tokenizer):
+    rows = [{"chosen": row["prompt"] + row["chosen"], "rejected": row["prompt"] + row["rejected"]} for row in PAIRS]
+    train, _ = load(write_jsonl(tmp_path / "implicit.jsonl", rows), tokenizer)
+    assert (train[0]["prompt"], train[0]["chosen"], train[0]["rejected"]) == ("Review 0:", " great.", " awful.")
+
+
+def test_columns_are_mapped_from_the_config(tmp_path, tokenizer):
+    rows = [{"question": row["prompt"], "response_a": row["chosen"], "response_b": row["rejected"]} for row in PAIRS]
+    path = write_jsonl(tmp_path / "renamed.jsonl", rows)
+    columns = {"prompt": "question", "chosen": "response_a", "rejected": "response_b"}
+    train, _ = load(path, tokenizer, dataset_columns=columns)
+    assert train[1] == PAIRS[1]
+
+
+# The catalogue of bad data: each case gives one line naming the data, the split, the column and a row.
+BAD_DATA = {
+    "missing column": (
+        [{"prompt": "a", "chosen": " b", "answer": " c"}],
+        {},
+        "[train]: missing column 'rejected' (columns: prompt, chosen, answer; expected prompt/chosen/rejected)",
+    ),
+    "not a string": (
+        PAIRS[:3] + [{"prompt": "a", "chosen": 5, "rejected": " c"}],
+        {},
+        "[train]: column 'chosen', row 3: expected a string, got int",
+    ),
+    "label not boolean": (
+        [{"prompt": "a", "completion": " b", "label": "yes"}],
+        {"unpaired_ok": True},
+        "[train]: column 'label', row 0: expected true or false, got 'yes'",
+    ),
+    "message without role": (
+        [{"prompt": [{"content": "hi"}], "chosen": [{"role": "assistant", "content": "x"}],
+          "rejected": [{"role": "assistant", "content": "y"}]}],
+        {},
+        "[train]: column 'prompt', row 0: expected messages with 'role' and 'content', got {'content': 'hi'}",
+    ),
+    "prompt longer than max_length": (
+        PAIRS[:2] + [{"prompt": "very long " * 40, "chosen": " b", "rejected": " c"}],
+        {},
+        "[train]: column 'prompt', row 2: 1 of 3 prompts have max_length (64) tokens or more",
+    ),
+    "mapping to a missing column": (
+        PAIRS,
+        {"dataset_columns": {"prompt": "question"}},
+        "[train]: dataset_columns maps 'prompt' to 'question', which is not a column",
+    ),
+    "no test split": (
+        PAIRS,
+        {"evaluate": True},
+        "no split 'test' (splits: train); set dataset_test_split, test_size (to hold out part of train) or "
+        "eval_strategy: no",
+    ),
+    "unpaired data given to a paired trainer": (
+        [{"prompt": "a", "completion": " b", "label": True}],
+        {},
+        "[train]: missing column 'chosen'",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_is_reported_in_one_line(tmp_path, tokenizer, case):
+    rows, options, message = BAD_DATA[case]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        load(path, tokenizer, **options)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_empty_split(tmp_path, tokenizer):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(UserError, match="is empty"):
+        load(tmp_path / "empty.jsonl", tokenizer)
+
+
+def test_conversational_data_needs_a_chat_template(tmp_path, tokenizer):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = None
+    with pytest.raises(
+        UserError, match="the data is conversational but the tokenizer has no chat template; set chat_template_path"
+    ):
+        load(write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS), tokenizer)
+
+
+def test_unsupported_file_type(tmp_path, tokenizer):
+    path = tmp_path / "pairs.txt"
+    path.write_text("hello\n")
+    with pytest.raises(UserError, match=r"cannot read '.*pairs.txt' \(supported: .jsonl, .json, .parquet, .csv\)"):
+        load(path, tokenizer)
+
+
+def batches_with_both_labels(dataset: Dataset, batch_size: int) -> float:
+    labels = list(dataset["label"])
+    batches = [labels[start : start + batch_size] for start in range(0, len(labels), batch_size)]
+    return sum(len(set(batch)) == 2 for batch in batches) / len(batches)
+
+
+def test_kto_unpairing_mixes_labels_in_every_batch():
+    """In order, unpairing yields pure batches (KTO then learns nothing); shuffled, nearly all batches mix."""
+    paired = Dataset.from_list(PAIRS * 25)  # 1000 pairs
+    assert batches_with_both_labels(unpair_preference_dataset(paired), batch_size=16) < 0.05
+    unpaired = unpaired_shuffled(paired, seed=42)
+    assert len(unpaired) == 2000 and sum(unpaired["label"]) == 1000
+    assert batches_with_both_labels(unpaired, batch_size=16) > 0.95
+    assert list(unpaired["completion"]) == list(
+        unpaired_shuffled(paired, seed=42)["completion"]
+    )  # the seed fixes the order

@@ -1,0 +1,105 @@
+"""End to end: each script trains on the demo data from its shipped config, saves, merges and plots."""
+
+import pytest
+from PIL import Image
+from transformers import AutoTokenizer
+
+from prefopt.plotting import loss_figure
+from prefopt.run_logs import logged, read_log_history
+from tests.conftest import assert_merged_is_base_plus_adapter, run_script, training_args
+
+ALGORITHMS = ("dpo", "kto", "simpo")
+MAX_STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def runs(demo_assets, tmp_path_factory):
+    """Each algorithm trained once for MAX_STEPS; tests read what the runs left behind."""
+    run_dir = tmp_path_factory.mktemp("runs")
+    logs = {
+        algorithm: run_script(f"{algorithm}.py", *training_args(algorithm, demo_assets, run_dir, MAX_STEPS))
+        for algorithm in ALGORITHMS
+    }
+    return run_dir, logs
+
+
+def log_history(run_dir, algorithm):
+    return read_log_history(run_dir / "outputs" / f"{algorithm}_test")
+
+
+def train_logs(run_dir, algorithm):
+    return [entry for entry in log_history(run_dir, algorithm) if "loss" in entry]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_output_dir_holds_adapter_state_and_checkpoints(runs, algorithm):
+    run_dir, _ = runs
+    output_dir = run_dir / "outputs" / f"{algorithm}_test"
+    assert (output_dir / "adapter_config.json").is_file()
+    assert (output_dir / "adapter_model.safetensors").is_file()
+    assert log_history(run_dir, algorithm)[-1]["step"] == MAX_STEPS
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == [
+        "checkpoint-50",
+        "checkpoint-60",
+    ]  # save_steps 50, and the last step
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_merged_model_is_plain_transformers_model_with_chat_template(runs, algorithm):
+    run_dir, _ = runs
+    merged_dir = run_dir / "models" / f"{algorithm}_test"
+    names = {path.name for path in merged_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= names
+    assert not any(name.startswith("adapter") for name in names)
+    assert AutoTokenizer.from_pretrained(merged_dir).chat_template
+    leftovers = [path for path in merged_dir.parent.glob(f".{algorithm}_test.*") if path.suffix != ".lock"]
+    assert not leftovers, "a staging directory was left behind"
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_merged_logits_equal_base_plus_adapter(runs, demo_assets, algorithm):
+    run_dir, _ = runs
+    merged_dir, adapter_dir = run_dir / "models" / f"{algorithm}_test", run_dir / "outputs" / f"{algorithm}_test"
+    assert_merged_is_base_plus_adapter(merged_dir, demo_assets.model_dir, adapter_dir)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_loss_plot_draws_the_logged_train_and_eval_losses(runs, algorithm):
+    run_dir, _ = runs
+    output_dir = run_dir / "outputs" / f"{algorithm}_test"
+    with Image.open(run_dir / "images" / f"{algorithm}_test_train_loss.png") as image:
+        assert image.size == (840, 540)  # 7 x 4.5 inches at 120 dpi
+    train, evaluation = loss_figure(output_dir, "title").axes[0].get_lines()
+    history = read_log_history(output_dir)
+    assert list(train.get_ydata()) == logged(history, "loss")[1] and len(train.get_ydata()) == MAX_STEPS // 5
+    assert list(evaluation.get_xdata()) == logged(history, "eval_loss")[0] == [25, 50, 60]  # eval_steps 25, and the end
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_effective_batch_is_reported(runs, algorithm):
+    _, logs = runs
+    assert "effective batch size 16 = 16 per device x 1 process(es) x 1 accumulation step(s)" in logs[algorithm].stderr
+
+
+def last_logs_mean(run_dir, algorithm, key, count=3):
+    """The mean of `key` over the last `count` logged training steps: single steps are noisy."""
+    return sum(entry[key] for entry in train_logs(run_dir, algorithm)[-count:]) / count
+
+
+def test_dpo_learns(runs):
+    run_dir, _ = runs
+    assert last_logs_mean(run_dir, "dpo", "loss") < train_logs(run_dir, "dpo")[0]["loss"] - 0.05
+    assert last_logs_mean(run_dir, "dpo", "rewards/margins") > 0.1
+
+
+def test_kto_learns_on_paired_data(runs):
+    """Paired data unpaired and shuffled: KTO's loss leaves 0.5, where all-desirable batches would keep it."""
+    run_dir, _ = runs
+    assert last_logs_mean(run_dir, "kto", "loss") < 0.49
+    assert last_logs_mean(run_dir, "kto", "rewards/margins") > 0.05
+
+
+def test_simpo_learns(runs):
+    run_dir, _ = runs
+    assert last_logs_mean(run_dir, "simpo", "loss") < train_logs(run_dir, "simpo")[0]["loss"] - 0.1
+    assert last_logs_mean(run_dir, "simpo", "rewards/accuracies") > 0.55
