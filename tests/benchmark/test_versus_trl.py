@@ -5,10 +5,11 @@ import sys
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from benchmark.runs import PREFOPT, TRL
 from prefopt.launch import ALGORITHMS
-from tests.conftest import run_command
+from tests.conftest import read_jsonl, run_command
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,15 @@ def report(demo_assets, tmp_path_factory):
     return json.loads((output_dir / "versus_trl.json").read_text()), (output_dir / "versus_trl.md").read_text()
 
 
+@pytest.fixture(scope="module")
+def demo_lengths(demo_assets):
+    """Token lengths of every prompt + completion of the demo's train pairs, as the trainers tokenize them."""
+    tokenizer = AutoTokenizer.from_pretrained(demo_assets.model_dir)
+    rows = read_jsonl(demo_assets.data_dir / "train.jsonl")
+    texts = [row["prompt"] + row[key] + tokenizer.eos_token for row in rows for key in ("chosen", "rejected")]
+    return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+
+
 def summary_row(report, algorithm, runner):
     (row,) = [row for row in report["summary"] if (row["algorithm"], row["runner"]) == (algorithm, runner)]
     return row
@@ -31,11 +41,16 @@ def summary_row(report, algorithm, runner):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("runner", [PREFOPT, TRL])
-def test_every_algorithm_and_runner_is_measured(report, algorithm, runner):
-    row = summary_row(report[0], algorithm, runner)
-    for metric in ("step_s", "cpu_step_s", "tokens_per_step", "tokens_per_s", "peak_rss_train_mib", "wall_s"):
-        assert row[metric] > 0, metric
-    assert row["train_runtime_s"] > 0 and row["setup_s"] >= 0
+def test_every_algorithm_and_runner_is_measured_consistently(report, demo_lengths, algorithm, runner):
+    (row,) = [run for run in report[0]["runs"] if (run["algorithm"], run["runner"]) == (algorithm, runner)]
+    assert row["tokens_per_s"] == pytest.approx(row["tokens_per_step"] / row["step_s"])
+    # 16 pairs per step (DPO, SimPO: chosen and rejected; KTO: 16 completions), each within the data's lengths
+    sequences = 16 if algorithm == "kto" else 32
+    assert sequences * min(demo_lengths) <= row["tokens_per_step"] <= sequences * max(demo_lengths)
+    assert row["cpu_step_s"] <= row["step_s"] * row["torch_threads"] * 1.2  # CPU time cannot outrun the threads
+    # The wall time is the time before training, training itself and the time after, measured by the same clocks.
+    parts = row["before_training_s"] + row["train_runtime_s"] + row["after_training_s"]
+    assert parts <= row["wall_s"] * 1.01 and row["train_runtime_s"] >= 2 * row["step_s"] * 0.9
     assert row["peak_rss_run_mib"] >= row["peak_rss_train_mib"] * 0.99  # the run's peak includes training's
 
 
@@ -44,7 +59,8 @@ def test_ratio_prefopt_over_trl(report, algorithm):
     (ratio,) = [row for row in report[0]["ratios"] if row["algorithm"] == algorithm]
     ours, trl = summary_row(report[0], algorithm, PREFOPT), summary_row(report[0], algorithm, TRL)
     assert ratio["step_s"] == pytest.approx(ours["step_s"] / trl["step_s"])
-    assert ratio["tokens_per_s"] > 0 and ratio["peak_rss_train_mib"] > 0
+    assert ratio["tokens_per_s"] == pytest.approx(ours["tokens_per_s"] / trl["tokens_per_s"])
+    assert ratio["peak_rss_train_mib"] == pytest.approx(ours["peak_rss_train_mib"] / trl["peak_rss_train_mib"])
 
 
 @pytest.mark.parametrize("algorithm", ["dpo", "simpo"])

@@ -23,6 +23,7 @@ from experiment.evaluate import (
     training_cost,
     win_outcomes,
 )
+from prefopt.run import RESOURCE_USAGE_FILE
 from prefopt.run_logs import read_log_history
 from tests.conftest import run_command, run_script, training_args
 
@@ -179,10 +180,13 @@ def test_train_tokens_are_those_trl_counts(dpo_epoch, demo_assets):
 
 
 def test_cli_scores_a_trained_model_with_its_training_cost(dpo_epoch):
-    _, results = dpo_epoch
+    run_dir, results = dpo_epoch
     scores = results["models"]["dpo_test"]
     assert set(scores) >= {"preference_accuracy", "logp_margin", "reward", "win_rate", "kl", "training"}
     assert scores["kl"]["mean"] != 0.0, "the trained model sampled what the base did"
-    assert scores["training"]["peak_memory_mb"] > 0, "finish_run did not record the peak memory"
-    assert scores["training"]["process_cpu_time_s"] > 0
-    assert scores["training"]["steps"] == 16 and scores["training"]["train_runtime_s"] > 0
+    training = scores["training"]
+    usage = json.loads((run_dir / "outputs" / "dpo_test" / RESOURCE_USAGE_FILE).read_text())  # finish_run's record
+    assert training["peak_memory_mb"] == usage["peak_memory_bytes"] / 2**20
+    assert training["process_cpu_time_s"] == usage["cpu_time_s"]
+    assert training["steps"] == 16 and training["epochs"] == 1.0
+    assert training["tokens_per_second"] == pytest.approx(training["train_tokens"] / training["train_runtime_s"])
