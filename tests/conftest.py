@@ -40,9 +40,11 @@ def script_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
-def run_script(script: str, *args: str | Path, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python <script> <args>` in a subprocess, as a user would, and return its completed process."""
-    return run_command([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, check=check)
+def run_script(
+    script: str, *args: str | Path, cwd: Path = REPO, check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    """Run `python <script> <args>` in a subprocess, as a user would, with `env` added to `script_env`."""
+    return run_command([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, check=check, **env)
 
 
 def accelerate_launch(script: str, *args: str | Path, num_processes: int, check: bool = True):
