@@ -14,13 +14,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 from transformers import TrainingArguments
 
 from prefopt.checkpoints import checkpoint_problem, resume_checkpoint
 from prefopt.locking import lock_outputs
-from tests.conftest import REPO, run_script, script_env, train_losses, training_args, write_jsonl, read_jsonl
+from tests.conftest import (
+    REPO,
+    read_jsonl,
+    run_script,
+    script_env,
+    train_losses,
+    training_args,
+    write_checkpoint,
+    write_jsonl,
+)
 
 STEPS, SAVE_STEPS = 12, 4
 PAUSE_HOOK = Path(__file__).parent / "pause_hook"
@@ -113,16 +120,6 @@ def test_run_killed_during_a_save_and_between_saves_resumes_to_the_same_losses(
     assert sorted(resumed) == list(range(1, STEPS + 1))  # the checkpoint brings back the earlier history
     for step, loss in expected.items():
         assert resumed[step] == pytest.approx(loss, abs=1e-4), f"step {step}"
-
-
-def write_checkpoint(directory: Path) -> Path:
-    """The files of a LoRA checkpoint, with small contents of the right formats."""
-    directory.mkdir(parents=True)
-    (directory / "trainer_state.json").write_text('{"global_step": 4}')
-    save_file({"lora_A": torch.ones(4, 4)}, directory / "adapter_model.safetensors")
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        torch.save({"state": torch.arange(4096.0)}, directory / name)
-    return directory
 
 
 def cut_short(path: Path) -> None:
