@@ -152,8 +152,13 @@ def resume_checkpoint(training_args) -> str | None:
     if training_args.resume_from_checkpoint is not True:
         return training_args.resume_from_checkpoint
     output_dir = training_args.output_dir
-    skipped = _set_aside_incomplete(output_dir) if training_args.should_save else []
     state = PartialState()
+    # The main process first, then the other writers (with save_on_each_node), which find their node's disk, or on a
+    # shared file system what the main process left.
+    skipped = _set_aside_incomplete(output_dir) if state.is_main_process else []
+    state.wait_for_everyone()
+    if training_args.should_save and not state.is_main_process:
+        skipped = _set_aside_incomplete(output_dir)
     state.wait_for_everyone()
     checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     found = set(gather_object([checkpoint]))

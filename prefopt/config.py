@@ -258,20 +258,20 @@ def _one_whole_dataset(mixer: dict) -> str:
     """alignment-handbook's `dataset_mixer: {id: fraction}` when it names one dataset, whole."""
     if not isinstance(mixer, dict) or len(mixer) != 1 or list(mixer.values()) != [1.0]:
         raise UserError(
-            f"dataset_mixer {_yaml(mixer)}: only one whole dataset ({{id: 1.0}}) carries over to dataset_name; to mix or "
-            "subsample datasets, write them into one data file first and set dataset_name to it"
+            f"dataset_mixer {_yaml(mixer)}: only one whole dataset ({{id: 1.0}}) carries over to dataset_name; to mix "
+            "or subsample datasets, write them into one data file first and set dataset_name to it"
         )
     return next(iter(mixer))
 
 
 def _train_and_test_splits(splits: list[str]) -> dict[str, str]:
-    """alignment-handbook's `dataset_splits: [train_prefs, test_prefs]`: the split named train, and the one named test."""
+    """alignment-handbook's `dataset_splits: [train_prefs, test_prefs]`: the split named train, and the one test."""
     train = [split for split in splits if "train" in split]
     test = [split for split in splits if "test" in split]
     if len(train) != 1 or len(test) > 1 or len(train) + len(test) != len(splits):
         raise UserError(
-            f"dataset_splits {_yaml(splits)}: expected one train split and at most one test split; set dataset_train_split "
-            "and dataset_test_split instead"
+            f"dataset_splits {_yaml(splits)}: expected one train split and at most one test split; set "
+            "dataset_train_split and dataset_test_split instead"
         )
     return {"dataset_train_split": train[0], **({"dataset_test_split": test[0]} if test else {})}
 

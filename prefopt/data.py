@@ -84,9 +84,10 @@ def load_preference_dataset(script_args: ScriptArguments) -> DatasetDict:
 def _check_not_one_object(path: Path) -> None:
     """A .json file that is one object, on one line or several: datasets would read it as a single record."""
     with path.open() as lines:
-        first = lines.readline()
-        if not first.lstrip().startswith("{"):
+        if lines.read(1) != "{":
             return  # a list of records, or not JSON: datasets reads it or fails
+        lines.seek(0)
+        first = lines.readline()
         try:
             value = json.loads(first)
         except json.JSONDecodeError:  # an object over several lines, or a broken first record
@@ -288,8 +289,8 @@ def check_prompt_lengths(
     if too_long:
         longest = max(len(prompt_ids[index]) for index in too_long)
         raise UserError(
-            f"{where}: column 'prompt', {row_name(too_long[0])}: {len(too_long)} of {len(split)} prompts have max_length "
-            f"({max_length}) tokens or more (longest {longest}), leaving no room for the completion; raise "
+            f"{where}: column 'prompt', {row_name(too_long[0])}: {len(too_long)} of {len(split)} prompts have "
+            f"max_length ({max_length}) tokens or more (longest {longest}), leaving no room for the completion; raise "
             "max_length or filter those rows"
         )
 
