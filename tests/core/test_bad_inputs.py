@@ -418,13 +418,22 @@ def start_in_subprocess(args: list[str], directory: Path, **env: str) -> subproc
     )
 
 
+def stderr_of(process: subprocess.Popen) -> str:
+    """The process's stderr once it ends; killed if it has not ended within 5 minutes."""
+    try:
+        return process.communicate(timeout=300)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
 @pytest.mark.parametrize("name", HUB_CASES)
 def test_hub_id_offline_with_nothing_cached(name, case_dir, demo_assets):
     case = HUB_CASES[name]
     args = prepare(case, case_dir, demo_assets.model_dir)
     before = tree(case_dir)
     process = start_in_subprocess(args, case_dir, HF_HUB_OFFLINE="1")
-    _, stderr = process.communicate(timeout=300)
+    stderr = stderr_of(process)
     message = case.message.format(offline=" (HF_HUB_OFFLINE is set)")
     assert_refused(process.returncode, stderr, message, tree(case_dir) - before)
 
@@ -440,7 +449,7 @@ def test_hub_ids_unreachable_with_nothing_cached(tmp_path, demo_assets):
         args = prepare(case, directory, demo_assets.model_dir)
         runs[name] = directory, tree(directory), start_in_subprocess(args, directory, **timeouts)
     for name, (directory, before, process) in runs.items():
-        _, stderr = process.communicate(timeout=300)
+        stderr = stderr_of(process)
         message = HUB_CASES[name].message.format(offline="")
         assert_refused(process.returncode, stderr, message, tree(directory) - before)
 
