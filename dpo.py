@@ -10,6 +10,7 @@ With a LoRA adapter the reference model is the base with the adapter disabled: n
 
 from trl import DPOConfig, DPOTrainer, get_peft_config
 
+from prefopt.checkpoints import resume_checkpoint, with_atomic_checkpoints
 from prefopt.config import parse_args
 from prefopt.data import load_preference_data
 from prefopt.errors import exit_on_user_error
@@ -22,12 +23,15 @@ def main(script_args, training_args, model_args, run_args):
     tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(script_args, training_args, run_args, tokenizer)
 
-    # Model
+    # Run: the only one writing to its outputs, resumed from its newest complete checkpoint if asked
     start_run(training_args, run_args)
+    checkpoint = resume_checkpoint(training_args)
+
+    # Model
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training
-    trainer = DPOTrainer(
+    trainer = with_atomic_checkpoints(DPOTrainer)(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -35,7 +39,7 @@ def main(script_args, training_args, model_args, run_args):
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_state()
 

@@ -13,6 +13,7 @@ import logging
 
 from trl import KTOConfig, KTOTrainer, get_peft_config
 
+from prefopt.checkpoints import resume_checkpoint, with_atomic_checkpoints
 from prefopt.config import parse_args
 from prefopt.data import load_preference_data, unpaired_shuffled
 from prefopt.errors import UserError, exit_on_user_error
@@ -60,12 +61,15 @@ def main(script_args, training_args, model_args, run_args):
         eval_dataset = unpaired_shuffled(eval_dataset, training_args.seed)
     balance_class_weights(training_args, train_dataset["label"])
 
-    # Model
+    # Run: the only one writing to its outputs, resumed from its newest complete checkpoint if asked
     start_run(training_args, run_args)
+    checkpoint = resume_checkpoint(training_args)
+
+    # Model
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training
-    trainer = KTOTrainer(
+    trainer = with_atomic_checkpoints(KTOTrainer)(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -73,7 +77,7 @@ def main(script_args, training_args, model_args, run_args):
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_state()
 

@@ -21,6 +21,7 @@ Usage:
       One run: SCRIPT is dpo, kto or simpo; CONFIG defaults to training_configs/SCRIPT_v1.yaml;
       ACCELERATE_CONFIG to $ACCELERATE_CONFIG, else accelerate_configs/single_gpu.yaml on a GPU machine and
       accelerate_configs/cpu.yaml elsewhere. FLAGS override the config, e.g. -- --learning_rate 1e-4.
+      A CONFIG that trains on the demo model or data (models/demo-base, data/demo) builds them first if missing.
       Example: bash run_script.bash kto training_configs/kto_v1.yaml accelerate_configs/multi_gpu.yaml
 
 Run `bash setup.bash` first.
@@ -68,6 +69,11 @@ if [ $# -gt 0 ]; then
   if [ $# -gt 0 ] && [ "$1" != -- ]; then config=$1; shift; fi
   if [ $# -gt 0 ] && [ "$1" != -- ]; then accelerate_config=$1; shift; fi
   if [ $# -gt 0 ] && [ "$1" = -- ]; then shift; fi
+  demo_assets='^(model_name_or_path|dataset_name):[[:space:]]*(models/demo-base|data/demo)/?([[:space:]]|$)'
+  if [ -f "$config" ] && grep -Eq "$demo_assets" "$config"; then
+    echo "run_script: $config trains on the demo assets: python -m experiment.demo (builds what is missing)"
+    python -m experiment.demo
+  fi
   train "$script" "$config" "$accelerate_config" "$@"
   exit 0
 fi

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from trl import get_peft_config
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
+from prefopt.checkpoints import resume_checkpoint, with_atomic_checkpoints
 from prefopt.config import parse_args
 from prefopt.data import load_preference_data
 from prefopt.errors import UserError, exit_on_user_error
@@ -41,12 +42,15 @@ def main(script_args, training_args, model_args, run_args):
     tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(script_args, training_args, run_args, tokenizer)
 
-    # Model
+    # Run: the only one writing to its outputs, resumed from its newest complete checkpoint if asked
     start_run(training_args, run_args)
+    checkpoint = resume_checkpoint(training_args)
+
+    # Model
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training
-    trainer = CPOTrainer(
+    trainer = with_atomic_checkpoints(CPOTrainer)(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -54,7 +58,7 @@ def main(script_args, training_args, model_args, run_args):
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_state()
 

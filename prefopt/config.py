@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser
 
+from prefopt.checkpoints import checkpoint_problem
 from prefopt.data import DATA_FILE_BUILDERS
 from prefopt.errors import UserError
 
@@ -63,14 +65,38 @@ class RunArguments:
     )
 
 
-# Keys of older library versions and of the algorithms' own repos -> (what they are now, how the value carries over
-# given the settings: the config's values over the parsed dataclasses' defaults).
-# transformers 5 removed `warmup_ratio`: `warmup_steps` below 1 is a fraction of the total steps.
+# Keys of published recipes (the SimPO repository's, alignment-handbook's) and of older TRL and transformers versions,
+# in three tables. Renamed: old key -> the keys and values it becomes ({} when it changes nothing), given its value and
+# the settings (the config's values over the dataclasses' defaults). Dropped: no successor, and the run does without
+# it, as the note says. Replaced: no successor, and the run cannot do without it: the message says what to set instead.
 RENAMED_KEYS = {
-    "warmup_ratio": ("warmup_steps", lambda value, settings: value),
-    "torch_dtype": ("dtype", lambda value, settings: value),
+    "warmup_ratio": lambda value, settings: {"warmup_steps": value},  # warmup_steps below 1 is a fraction
+    "torch_dtype": lambda value, settings: {"dtype": value},
+    "use_flash_attention_2": lambda value, settings: {"attn_implementation": "flash_attention_2"} if value else {},
+    "evaluation_strategy": lambda value, settings: {"eval_strategy": value},
+    "preprocessing_num_workers": lambda value, settings: {"dataset_num_proc": value},
+    "group_by_length": lambda value, settings: {"train_sampling_strategy": "group_by_length"} if value else {},
+    "hub_model_revision": lambda value, settings: {"hub_revision": value},
     # The SimPO repo's margin is relative to beta; TRL's simpo_gamma is the margin itself.
-    "gamma_beta_ratio": ("simpo_gamma", lambda value, settings: value * settings["beta"]),
+    "gamma_beta_ratio": lambda value, settings: {"simpo_gamma": value * settings["beta"]},
+    "dataset_mixer": lambda value, settings: {"dataset_name": _one_whole_dataset(value)},
+    "dataset_splits": lambda value, settings: _train_and_test_splits(value),
+}
+DROPPED_KEYS = {
+    "max_prompt_length": "TRL 1.16 removed it, and only max_length truncates, cutting the end of each completion "
+    "(prompts of max_length tokens or more are reported before training)",
+    "overwrite_output_dir": "transformers 5 removed it: a run writes into output_dir whatever it holds, and continues "
+    "from its checkpoints only with resume_from_checkpoint: true",
+}
+REPLACED_KEYS = {
+    "dataset_mixture": "alignment-handbook's mixtures are not read here: set dataset_name (a hub id, a data directory "
+    "or file), dataset_config and dataset_train_split/dataset_test_split, or test_size to hold out part of train; "
+    "to mix datasets, write them into one data file first",
+    "chat_template": "a template in the config is not read here: save it to a .jinja file and set chat_template_path "
+    "to it",
+    "logging_dir": "transformers 5 removed it: set the TENSORBOARD_LOGGING_DIR environment variable instead",
+    "push_to_hub_revision": "alignment-handbook's flag is not read here: set push_to_hub: true and hub_revision to "
+    "the branch to push to",
 }
 SECRET_KEYS = ("hub_token",)
 
@@ -81,6 +107,7 @@ class PrefOptParser(TrlParser):
     """TRL's parser, with errors that name the config file and well-known renamed keys carried over."""
 
     config_path: str | None = None
+    command_line_keys: frozenset[str] = frozenset()
 
     def error(self, message: str):
         where = f"{self.config_path}: " if self.config_path else ""
@@ -93,10 +120,37 @@ class PrefOptParser(TrlParser):
                     f"{self.config_path}: '{key}' does not belong in a config file; log in with `hf auth login` "
                     "or set the HF_TOKEN environment variable"
                 )
-        for old_key, (new_key, convert) in RENAMED_KEYS.items():
-            if old_key in config and new_key not in config:
-                config[new_key] = convert(config.pop(old_key), {**self._field_defaults(), **config})
-                logger.warning("%s: '%s' is now '%s: %s'", self.config_path, old_key, new_key, config[new_key])
+        for key in config:
+            if key in REPLACED_KEYS:
+                raise UserError(f"{self.config_path}: '{key}' is not a key; {REPLACED_KEYS[key]}")
+        for key in [key for key in config if key in DROPPED_KEYS]:
+            logger.warning(
+                "%s: '%s: %s' is ignored: %s", self.config_path, key, _yaml(config.pop(key)), DROPPED_KEYS[key]
+            )
+        for old_key in [key for key in config if key in RENAMED_KEYS]:
+            value = config.pop(old_key)
+            try:
+                new_values = RENAMED_KEYS[old_key](value, {**self._field_defaults(), **config})
+            except UserError as error:
+                raise UserError(f"{self.config_path}: {error}") from None
+            for new_key in new_values:
+                if new_key in config:
+                    raise UserError(
+                        f"{self.config_path}: '{old_key}' is the old name of '{new_key}', and both are set; keep one"
+                    )
+            config.update(new_values)
+            if not new_values:
+                logger.warning("%s: '%s: %s' is the default now, dropped", self.config_path, old_key, _yaml(value))
+                continue
+            overridden = [f"--{key}" for key in new_values if key in self.command_line_keys]
+            logger.warning(
+                "%s: '%s: %s' is now '%s'%s",
+                self.config_path,
+                old_key,
+                _yaml(value),
+                ", ".join(f"{key}: {_yaml(new_value)}" for key, new_value in new_values.items()),
+                f", which {' and '.join(overridden)} on the command line overrides" if overridden else "",
+            )
         return super().set_defaults_with_config(**config)
 
     def _field_defaults(self) -> dict:
@@ -116,6 +170,9 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
     """
     parser = PrefOptParser((ScriptArguments, training_config_class, ModelConfig, RunArguments))
     parser.config_path = _config_path(args)
+    parser.command_line_keys = frozenset(
+        item[2:].split("=")[0] for item in (sys.argv[1:] if args is None else args) if item.startswith("--")
+    )
     try:
         *parsed, config_unknown, cli_unknown = parser.parse_args_and_config(
             args, return_remaining_strings=True, separate_remaining_strings=True
@@ -190,6 +247,35 @@ def _json_mapping(text: str, key: str) -> dict:
     return value
 
 
+def _yaml(value) -> str:
+    """`value` as YAML on one line."""
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip()
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def _one_whole_dataset(mixer: dict) -> str:
+    """alignment-handbook's `dataset_mixer: {id: fraction}` when it names one dataset, whole."""
+    if not isinstance(mixer, dict) or len(mixer) != 1 or list(mixer.values()) != [1.0]:
+        raise UserError(
+            f"dataset_mixer {_yaml(mixer)}: only one whole dataset ({{id: 1.0}}) carries over to dataset_name; to mix "
+            "or subsample datasets, write them into one data file first and set dataset_name to it"
+        )
+    return next(iter(mixer))
+
+
+def _train_and_test_splits(splits: list[str]) -> dict[str, str]:
+    """alignment-handbook's `dataset_splits: [train_prefs, test_prefs]`: the split named train, and the one test."""
+    train = [split for split in splits if "train" in split]
+    test = [split for split in splits if "test" in split]
+    if len(train) != 1 or len(test) > 1 or len(train) + len(test) != len(splits):
+        raise UserError(
+            f"dataset_splits {_yaml(splits)}: expected one train split and at most one test split; set "
+            "dataset_train_split and dataset_test_split instead"
+        )
+    return {"dataset_train_split": train[0], **({"dataset_test_split": test[0]} if test else {})}
+
+
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
@@ -241,6 +327,11 @@ def _check_paths(script_args, model_args, training_args, run_args) -> None:
         raise UserError("model_name_or_path is required (a local model directory or a hub id)")
     if _is_local(model) and not (Path(model) / "config.json").is_file():
         raise UserError(f"model_name_or_path: no model at '{model}' (expected a directory holding config.json)")
+    if _is_local(model) and not any(Path(model).glob("*.safetensors")):
+        raise UserError(
+            f"model_name_or_path: no .safetensors weights in '{model}'; weights are read as safetensors only, never "
+            "unpickled: convert the model once with transformers' from_pretrained and save_pretrained"
+        )
 
     dataset = script_args.dataset_name
     if not dataset:
@@ -254,3 +345,17 @@ def _check_paths(script_args, model_args, training_args, run_args) -> None:
             f"merged_model_dir '{merged}' already exists; set overwrite_merged: true (or --overwrite_merged) "
             "to replace it, or choose another merged_model_dir"
         )
+
+    resume = training_args.resume_from_checkpoint
+    if resume and training_args.save_only_model:
+        raise UserError(
+            "resume_from_checkpoint: checkpoints saved with save_only_model: true hold no optimizer or RNG state to "
+            "resume from; set save_only_model: false"
+        )
+    if isinstance(resume, str):
+        problem = checkpoint_problem(resume) if Path(resume).is_dir() else "no such directory"
+        if problem:
+            raise UserError(
+                f"resume_from_checkpoint: cannot resume from '{resume}' ({problem}); name a complete checkpoint, or "
+                "set resume_from_checkpoint: true to resume from the newest complete one in output_dir"
+            )

@@ -1,9 +1,13 @@
-"""User errors: one exception type, reported as one line by the scripts' entry points."""
+"""User errors: one exception type, reported as one line by the scripts' entry points; and the library errors that
+are a user's to fix, turned into one."""
 
 import contextlib
 import os
 import sys
 from collections.abc import Iterator
+
+from huggingface_hub import is_offline_mode
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 
 class UserError(Exception):
@@ -20,3 +24,29 @@ def exit_on_user_error() -> Iterator[None]:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def reported_if_hub_unreachable(key: str, repo_id: str, repo_type: str = "model") -> Iterator[None]:
+    """Turn "the hub could not be reached and nothing is cached for `repo_id`" into a `UserError` saying how to go on.
+
+    datasets raises a `ConnectionError` for it, transformers an `OSError` caused by huggingface_hub's
+    `LocalEntryNotFoundError`; both after huggingface_hub's retries, or at once with `HF_HUB_OFFLINE=1`.
+    """
+    try:
+        yield
+    except OSError as error:
+        if not any(isinstance(cause, (ConnectionError, LocalEntryNotFoundError)) for cause in _chain(error)):
+            raise
+        offline = " (HF_HUB_OFFLINE is set)" if is_offline_mode() else ""
+        download = f"hf download {repo_id}{' --repo-type dataset' if repo_type == 'dataset' else ''} --local-dir DIR"
+        raise UserError(
+            f"{key}: could not reach the Hugging Face Hub{offline} for '{repo_id}', and nothing is cached for it; "
+            f"download it where the hub is reachable ({download}) and set {key} to DIR"
+        ) from None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__

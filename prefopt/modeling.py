@@ -9,16 +9,17 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.integrations.fsdp import is_fsdp_enabled
 from trl import ModelConfig, get_quantization_config
 
-from prefopt.errors import UserError
+from prefopt.errors import UserError, reported_if_hub_unreachable
 
 
 def load_tokenizer(
     model_args: ModelConfig, chat_template_path: str | None = None, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with the chat template of `chat_template_path` when one is given."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
-    )
+    with reported_if_hub_unreachable("model_name_or_path", model_args.model_name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+        )
     if chat_template_path:
         tokenizer.chat_template = read_chat_template(chat_template_path)
     if tokenizer.pad_token is None:
@@ -48,13 +49,14 @@ def load_model(model_args: ModelConfig, trust_remote_code: bool = False) -> PreT
     # Quantized weights are placed when loaded, one copy per process; the Trainer moves unquantized ones. ZeRO-3 and
     # FSDP shard them instead, and from_pretrained refuses a device_map under ZeRO-3.
     place_quantized = quantization_config is not None and not (is_deepspeed_zero3_enabled() or is_fsdp_enabled())
-    return AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=torch_dtype(model_args.dtype),
-        attn_implementation=model_args.attn_implementation,
-        quantization_config=quantization_config,
-        device_map={"": PartialState().device} if place_quantized else None,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,  # never unpickle weights
-    )
+    with reported_if_hub_unreachable("model_name_or_path", model_args.model_name_or_path):
+        return AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=torch_dtype(model_args.dtype),
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization_config,
+            device_map={"": PartialState().device} if place_quantized else None,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never unpickle weights
+        )

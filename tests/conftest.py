@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiment.demo import build_demo_assets
@@ -40,12 +41,14 @@ def script_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
-def run_script(script: str, *args: str | Path, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python <script> <args>` in a subprocess, as a user would, and return its completed process."""
-    return run_command([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, check=check)
+def run_script(
+    script: str, *args: str | Path, cwd: Path = REPO, check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    """Run `python <script> <args>` in a subprocess, as a user would, with `env` added to `script_env`."""
+    return run_command([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, check=check, **env)
 
 
-def accelerate_launch(script: str, *args: str | Path, num_processes: int, check: bool = True):
+def accelerate_launch(script: str, *args: str | Path, num_processes: int, check: bool = True, cwd: Path = REPO):
     """`accelerate launch` with the shipped multi-GPU config, as a user would run it on a GPU machine."""
     launch = [
         sys.executable, "-m", "accelerate.commands.launch",
@@ -53,7 +56,7 @@ def accelerate_launch(script: str, *args: str | Path, num_processes: int, check:
         "--num_processes", str(num_processes),
         "--main_process_port", "0",  # any free port: other runs may share this machine
     ]  # fmt: skip
-    return run_command([*launch, str(REPO / script), *map(str, args)], check=check)
+    return run_command([*launch, str(REPO / script), *map(str, args)], cwd=cwd, check=check)
 
 
 def run_command(command: list[str], cwd: Path = REPO, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -88,6 +91,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def write_checkpoint(directory: Path) -> Path:
+    """The files of a LoRA checkpoint, with small contents of the right formats."""
+    directory.mkdir(parents=True)
+    (directory / "trainer_state.json").write_text('{"global_step": 4}')
+    save_file({"lora_A": torch.ones(4, 4)}, directory / "adapter_model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"state": torch.arange(4096.0)}, directory / name)
+    return directory
 
 
 def read_jsonl(path: Path) -> list[dict]:

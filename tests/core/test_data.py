@@ -1,6 +1,5 @@
 """Loading preference data in every supported source and format, the checks on it, and KTO's unpairing."""
 
-import re
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +9,6 @@ from trl import ScriptArguments
 from trl.data_utils import unpair_preference_dataset
 
 from prefopt.data import load_preference_data, load_preference_dataset, unpaired_shuffled
-from prefopt.errors import UserError
 from tests.conftest import write_jsonl
 
 PAIRS = [{"prompt": f"Review {i}:", "chosen": " great.", "rejected": " awful."} for i in range(40)]
@@ -83,84 +81,6 @@ def test_columns_are_mapped_from_the_config(tmp_path, tokenizer):
     columns = {"prompt": "question", "chosen": "response_a", "rejected": "response_b"}
     train, _ = load(path, tokenizer, dataset_columns=columns)
     assert train[1] == PAIRS[1]
-
-
-# The catalogue of bad data: each case gives one line naming the data, the split, the column and a row.
-BAD_DATA = {
-    "missing column": (
-        [{"prompt": "a", "chosen": " b", "answer": " c"}],
-        {},
-        "[train]: missing column 'rejected' (columns: prompt, chosen, answer; expected prompt/chosen/rejected)",
-    ),
-    "not a string": (
-        PAIRS[:3] + [{"prompt": "a", "chosen": 5, "rejected": " c"}],
-        {},
-        "[train]: column 'chosen', row 3: expected a string, got int",
-    ),
-    "label not boolean": (
-        [{"prompt": "a", "completion": " b", "label": "yes"}],
-        {"unpaired_ok": True},
-        "[train]: column 'label', row 0: expected true or false, got 'yes'",
-    ),
-    "message without role": (
-        [{"prompt": [{"content": "hi"}], "chosen": [{"role": "assistant", "content": "x"}],
-          "rejected": [{"role": "assistant", "content": "y"}]}],
-        {},
-        "[train]: column 'prompt', row 0: expected messages with 'role' and 'content', got {'content': 'hi'}",
-    ),
-    "prompt longer than max_length": (
-        PAIRS[:2] + [{"prompt": "very long " * 40, "chosen": " b", "rejected": " c"}],
-        {},
-        "[train]: column 'prompt', row 2: 1 of 3 prompts have max_length (64) tokens or more",
-    ),
-    "mapping to a missing column": (
-        PAIRS,
-        {"dataset_columns": {"prompt": "question"}},
-        "[train]: dataset_columns maps 'prompt' to 'question', which is not a column",
-    ),
-    "no test split": (
-        PAIRS,
-        {"evaluate": True},
-        "no split 'test' (splits: train); set dataset_test_split, test_size (to hold out part of train) or "
-        "eval_strategy: no",
-    ),
-    "unpaired data given to a paired trainer": (
-        [{"prompt": "a", "completion": " b", "label": True}],
-        {},
-        "[train]: missing column 'chosen'",
-    ),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", BAD_DATA)
-def test_bad_data_is_reported_in_one_line(tmp_path, tokenizer, case):
-    rows, options, message = BAD_DATA[case]
-    path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(UserError, match=re.escape(message)) as error:
-        load(path, tokenizer, **options)
-    assert str(path) in str(error.value) and "\n" not in str(error.value)
-
-
-def test_empty_split(tmp_path, tokenizer):
-    (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(UserError, match="is empty"):
-        load(tmp_path / "empty.jsonl", tokenizer)
-
-
-def test_conversational_data_needs_a_chat_template(tmp_path, tokenizer):
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
-    tokenizer.chat_template = None
-    with pytest.raises(
-        UserError, match="the data is conversational but the tokenizer has no chat template; set chat_template_path"
-    ):
-        load(write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS), tokenizer)
-
-
-def test_unsupported_file_type(tmp_path, tokenizer):
-    path = tmp_path / "pairs.txt"
-    path.write_text("hello\n")
-    with pytest.raises(UserError, match=r"cannot read '.*pairs.txt' \(supported: .jsonl, .json, .parquet, .csv\)"):
-        load(path, tokenizer)
 
 
 def batches_with_both_labels(dataset: Dataset, batch_size: int) -> float:

@@ -1,0 +1,476 @@
+"""The catalogue of bad inputs: each ends in one line naming the problem and how to fix it, exit status 2, and nothing
+written (no output_dir, no merged model, no plot, no other file).
+
+A case is a config, command-line flags and input files, run through a script's real `__main__` in this process
+(`runpy`), which costs a fraction of a second where a subprocess costs seconds of imports; one test checks that a
+subprocess ends the same. Subprocesses run where the process matters: the hub settings are read when the libraries
+are imported, and `accelerate launch` starts processes of its own.
+"""
+
+import contextlib
+import io
+import json
+import runpy
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import Dataset
+
+from tests.conftest import REPO, accelerate_launch, run_command, script_env
+
+PAIRS = [{"prompt": f"Review {i}:", "chosen": " great.", "rejected": " awful."} for i in range(40)]
+MESSAGES = [{"role": "user", "content": "Review a film."}]
+REPLY = [{"role": "assistant", "content": "A great film."}]
+UNPAIRED = [{"prompt": "Review:", "completion": " great.", "label": True}]
+
+
+@dataclass(frozen=True)
+class Case:
+    message: str  # what follows "error: "
+    config: dict | str = field(default_factory=dict)  # keys over BASE_CONFIG (None removes one), or the YAML itself
+    flags: tuple[str, ...] = ()  # after --config config.yaml, unless they hold a --config of their own
+    # path -> its text, or a function writing it given the path and the demo model's directory
+    files: dict[str, str | Callable[[Path, Path], None]] = field(default_factory=dict)
+    script: str = "dpo"
+
+
+def base_config(model_dir: Path) -> dict:
+    """A run that would train on `data.jsonl` if nothing were wrong, writing only under its directory."""
+    return {
+        "model_name_or_path": str(model_dir),
+        "dataset_name": "data.jsonl",
+        "output_dir": "outputs/run",
+        "merged_model_dir": "models/run",
+        "images_dir": "images",
+        "eval_strategy": "no",
+        "max_length": 64,
+        "max_steps": 1,
+        "bf16": False,
+        "report_to": "none",
+    }
+
+
+def jsonl(rows: list) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def truncated_parquet(path: Path, model_dir: Path) -> None:
+    Dataset.from_list(PAIRS).to_parquet(str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def model_without_chat_template(directory: Path, model_dir: Path) -> None:
+    directory.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (directory / name).symlink_to(model_dir / name)
+
+
+def incomplete_checkpoint(directory: Path, model_dir: Path) -> None:
+    directory.mkdir(parents=True)
+    (directory / "trainer_state.json").write_text("{}")
+
+
+CONFIG_CASES = {
+    "typo in a key": Case(
+        "config.yaml: unknown key 'learnig_rate'; did you mean 'learning_rate'?", {"learnig_rate": 1e-4}
+    ),
+    "another algorithm's key": Case("config.yaml: unknown key 'simpo_gamma'", {"simpo_gamma": 0.5}, script="kto"),
+    "not a number": Case(
+        "config.yaml: argument --learning_rate/--learning-rate: invalid float value: 'fast'", {"learning_rate": "fast"}
+    ),
+    "negative learning rate": Case("config.yaml: learning_rate must be > 0, got -0.0001", {"learning_rate": -1e-4}),
+    "beta of zero": Case("config.yaml: beta must be > 0, got 0.0", {"beta": 0.0}),
+    "LoRA rank of zero": Case("config.yaml: lora_r must be >= 1, got 0", {"lora_r": 0}),
+    "batch of zero": Case(
+        "config.yaml: per_device_train_batch_size must be >= 1, got 0", {"per_device_train_batch_size": 0}
+    ),
+    "bf16 on a CPU": Case(
+        "config.yaml: Your setup doesn't support bf16/gpu. You need to assign use_cpu if you want to train the model "
+        "on CPU.",
+        {"bf16": True},
+    ),
+    "not YAML": Case(
+        "config.yaml: not valid YAML (while parsing a flow sequence in \"config.yaml\", line 1, column 16 expected ',' "
+        "or ']', but got '<stream end>' in \"config.yaml\", line 2, column 1)",
+        "learning_rate: [1e-4\n",
+    ),
+    "YAML that is not a mapping": Case(
+        "config.yaml: Config file config.yaml must contain a YAML mapping.", "- a\n- b\n"
+    ),
+    "token in a config": Case(
+        "config.yaml: 'hub_token' does not belong in a config file; log in with `hf auth login` or set the HF_TOKEN "
+        "environment variable",
+        {"hub_token": "hf_secret"},
+    ),
+    "alignment-handbook dataset_mixture": Case(
+        "config.yaml: 'dataset_mixture' is not a key; alignment-handbook's mixtures are not read here: set "
+        "dataset_name (a hub id, a data directory or file), dataset_config and dataset_train_split/dataset_test_split, "
+        "or test_size to hold out part of train; to mix datasets, write them into one data file first",
+        {"dataset_mixture": {"datasets": [{"id": "org/data", "split": "train"}]}},
+    ),
+    "template in the config": Case(
+        "config.yaml: 'chat_template' is not a key; a template in the config is not read here: save it to a .jinja "
+        "file and set chat_template_path to it",
+        {"chat_template": "{{ messages }}"},
+    ),
+    "logging_dir": Case(
+        "config.yaml: 'logging_dir' is not a key; transformers 5 removed it: set the TENSORBOARD_LOGGING_DIR "
+        "environment variable instead",
+        {"logging_dir": "logs"},
+    ),
+    "old and new name of a key": Case(
+        "config.yaml: 'warmup_ratio' is the old name of 'warmup_steps', and both are set; keep one",
+        {"warmup_ratio": 0.1, "warmup_steps": 100},
+    ),
+    "dataset_mixer of two datasets": Case(
+        "config.yaml: dataset_mixer {org/a: 0.5, org/b: 0.5}: only one whole dataset ({id: 1.0}) carries over to "
+        "dataset_name; to mix or subsample datasets, write them into one data file first and set dataset_name to it",
+        {"dataset_mixer": {"org/a": 0.5, "org/b": 0.5}},
+    ),
+    "dataset_splits without a train split": Case(
+        "config.yaml: dataset_splits [dev, test]: expected one train split and at most one test split; set "
+        "dataset_train_split and dataset_test_split instead",
+        {"dataset_splits": ["dev", "test"]},
+    ),
+    "SimPO with another loss": Case(
+        "simpo.py trains SimPO: loss_type must be 'simpo', got 'sigmoid'", {"loss_type": "sigmoid"}, script="simpo"
+    ),
+    "resuming checkpoints saved without optimizer": Case(
+        "resume_from_checkpoint: checkpoints saved with save_only_model: true hold no optimizer or RNG state to "
+        "resume from; set save_only_model: false",
+        {"save_only_model": True, "resume_from_checkpoint": True},
+    ),
+}
+
+COMMAND_LINE_CASES = {
+    "typo in a flag": Case("command line: unknown key 'bta'; did you mean 'beta'?", flags=("--bta", "0.3")),
+    "not an integer": Case(
+        "config.yaml: argument --max_steps/--max-steps: invalid int value: 'many'", flags=("--max_steps", "many")
+    ),
+    "dataset_columns that is not a mapping": Case(
+        "dataset_columns must be a mapping, e.g. '{\"prompt\": \"question\"}', got 'question'",
+        flags=("--dataset_columns", "question"),
+    ),
+    "config file not found": Case("config file not found: nowhere.yaml", flags=("--config", "nowhere.yaml")),
+    "--config without a path": Case("--config needs a path to a YAML file", flags=("--config",)),
+}
+
+PATH_CASES = {
+    "no model directory": Case(
+        "model_name_or_path: no model at 'no/such/model' (expected a directory holding config.json)",
+        {"model_name_or_path": "no/such/model"},
+    ),
+    "model directory without config.json": Case(
+        "model_name_or_path: no model at 'model' (expected a directory holding config.json)",
+        {"model_name_or_path": "model"},
+        files={"model/tokenizer.json": "{}"},
+    ),
+    "model without safetensors weights": Case(
+        "model_name_or_path: no .safetensors weights in 'model'; weights are read as safetensors only, never "
+        "unpickled: convert the model once with transformers' from_pretrained and save_pretrained",
+        {"model_name_or_path": "model"},
+        files={"model/config.json": "{}", "model/pytorch_model.bin": "pickled"},
+    ),
+    "no model given": Case(
+        "model_name_or_path is required (a local model directory or a hub id)", {"model_name_or_path": None}
+    ),
+    "no data file": Case("dataset_name: no such file or directory: 'missing.jsonl'", {"dataset_name": "missing.jsonl"}),
+    "no data given": Case(
+        "dataset_name is required (a hub id, a data directory or a .jsonl/.json/.parquet/.csv file)",
+        {"dataset_name": None},
+    ),
+    "merged model exists": Case(
+        "merged_model_dir 'models/run' already exists; set overwrite_merged: true (or --overwrite_merged) to replace "
+        "it, or choose another merged_model_dir",
+        files={"models/run/config.json": "{}"},
+    ),
+    "checkpoint to resume from does not exist": Case(
+        "resume_from_checkpoint: cannot resume from 'outputs/run/checkpoint-8' (no such directory); name a complete "
+        "checkpoint, or set resume_from_checkpoint: true to resume from the newest complete one in output_dir",
+        flags=("--resume_from_checkpoint", "outputs/run/checkpoint-8"),
+    ),
+    "checkpoint to resume from is incomplete": Case(
+        "resume_from_checkpoint: cannot resume from 'old/checkpoint-8' (no weights); name a complete checkpoint, or "
+        "set resume_from_checkpoint: true to resume from the newest complete one in output_dir",
+        flags=("--resume_from_checkpoint", "old/checkpoint-8"),
+        files={"old/checkpoint-8": incomplete_checkpoint},
+    ),
+    "unsupported file type": Case(
+        "dataset_name: cannot read 'pairs.txt' (supported: .jsonl, .json, .parquet, .csv)",
+        {"dataset_name": "pairs.txt"},
+        files={"pairs.txt": "hello\n"},
+    ),
+    "empty data file": Case("dataset_name: 'data.jsonl' is empty", files={"data.jsonl": ""}),
+}
+
+DATA_CASES = {
+    "line that is not JSON": Case(
+        "dataset_name: 'data.jsonl', line 4: not valid JSON (Expecting property name enclosed in double quotes); "
+        "each line must hold one JSON object",
+        files={"data.jsonl": jsonl(PAIRS[:3]) + "{oops\n" + jsonl(PAIRS[3:])},
+    ),
+    "line that is not an object": Case(
+        "dataset_name: 'data.jsonl', line 11: expected one JSON object per line, got list",
+        files={"data.jsonl": jsonl(PAIRS[:10] + [["Review:", " great.", " awful."]])},
+    ),
+    "truncated parquet": Case(
+        "dataset_name: 'pairs.parquet': not a readable Parquet file, truncated or corrupt (Could not open Parquet "
+        "input source 'pairs.parquet': Parquet magic bytes not found in footer)",
+        {"dataset_name": "pairs.parquet"},
+        files={"pairs.parquet": truncated_parquet},
+    ),
+    "csv header without the columns": Case(
+        "pairs.csv [train]: missing column 'chosen' (columns: question, answer; expected prompt/chosen/rejected)",
+        {"dataset_name": "pairs.csv"},
+        files={"pairs.csv": "question,answer\nWhat?,This.\n"},
+    ),
+    "csv with a ragged row": Case(
+        "dataset_name: 'pairs.csv': not a readable CSV file (Error tokenizing data. C error: Expected 3 fields in "
+        "line 3, saw 4)",
+        {"dataset_name": "pairs.csv"},
+        files={"pairs.csv": "prompt,chosen,rejected\na,b,c\na,b,c,d\n"},
+    ),
+    "json holding one object": Case(
+        "dataset_name: 'pairs.json' holds one JSON object (keys: data), not records; write a list of records "
+        "[{...}, {...}], or one record per line in a .jsonl file",
+        {"dataset_name": "pairs.json"},
+        files={"pairs.json": json.dumps({"data": PAIRS}, indent=2)},
+    ),
+    "json holding one record": Case(
+        "dataset_name: 'pairs.json' holds one JSON object (keys: prompt, chosen, rejected), not records; write a "
+        "list of records [{...}, {...}], or one record per line in a .jsonl file",
+        {"dataset_name": "pairs.json"},
+        files={"pairs.json": json.dumps(PAIRS[0])},
+    ),
+    "json list cut short": Case(
+        "dataset_name: 'pairs.json', line 1: not valid JSON (Unterminated string starting at)",
+        {"dataset_name": "pairs.json"},
+        files={"pairs.json": json.dumps(PAIRS)[:100]},
+    ),
+    "a number among strings": Case(
+        "data.jsonl [train]: column 'chosen', line 4: expected a string, got int",
+        files={"data.jsonl": jsonl(PAIRS[:3] + [{"prompt": "a", "chosen": 5, "rejected": " c"}] + PAIRS[3:])},
+    ),
+    "messages among strings": Case(
+        "data.jsonl [train]: column 'prompt', line 21: expected a string, got list",
+        files={"data.jsonl": jsonl(PAIRS[:20] + [{"prompt": MESSAGES, "chosen": REPLY, "rejected": REPLY}])},
+    ),
+    "missing column": Case(
+        "data.jsonl [train]: missing column 'rejected' (columns: prompt, chosen, answer; expected "
+        "prompt/chosen/rejected)",
+        files={"data.jsonl": jsonl([{"prompt": "a", "chosen": " b", "answer": " c"}])},
+    ),
+    "label that is not true or false": Case(
+        "data.jsonl [train]: column 'label', line 1: expected true or false, got 'yes'",
+        files={"data.jsonl": jsonl([{"prompt": "a", "completion": " b", "label": "yes"}])},
+        script="kto",
+    ),
+    "KTO data of one label": Case(
+        "KTO needs desirable and undesirable examples; got 1 and 0", files={"data.jsonl": jsonl(UNPAIRED)}, script="kto"
+    ),
+    "message without a role": Case(
+        "data.jsonl [train]: column 'prompt', line 1: expected messages with 'role' and 'content', got "
+        "{'content': 'hi'}",
+        files={"data.jsonl": jsonl([{"prompt": [{"content": "hi"}], "chosen": REPLY, "rejected": REPLY}])},
+    ),
+    "prompt longer than max_length": Case(
+        "data.jsonl [train]: column 'prompt', line 3: 1 of 3 prompts have max_length (64) tokens or more (longest "
+        "82), leaving no room for the completion; raise max_length or filter those rows",
+        files={"data.jsonl": jsonl(PAIRS[:2] + [{"prompt": "very long " * 40, "chosen": " b", "rejected": " c"}])},
+    ),
+    "dataset_columns naming no column": Case(
+        "data.jsonl [train]: dataset_columns maps 'prompt' to 'question', which is not a column (columns: prompt, "
+        "chosen, rejected)",
+        {"dataset_columns": {"prompt": "question"}},
+    ),
+    "no test split to evaluate on": Case(
+        "data.jsonl: no split 'test' (splits: train); set dataset_test_split, test_size (to hold out part of train) "
+        "or eval_strategy: no",
+        {"eval_strategy": "steps"},
+    ),
+    "unpaired data for a paired trainer": Case(
+        "data.jsonl [train]: missing column 'chosen' (columns: prompt, completion, label; expected "
+        "prompt/chosen/rejected)",
+        files={"data.jsonl": jsonl(UNPAIRED)},
+    ),
+}
+
+MODEL_CASES = {
+    "conversational data and no chat template": Case(
+        "data.jsonl [train]: the data is conversational but the tokenizer has no chat template; set "
+        "chat_template_path to a .jinja file or to a tokenizer directory that has one",
+        {"model_name_or_path": "plain_model"},
+        files={
+            "plain_model": model_without_chat_template,
+            "data.jsonl": jsonl([{"prompt": MESSAGES, "chosen": REPLY, "rejected": REPLY}] * 4),
+        },
+    ),
+    "chat template path that is neither": Case(
+        "chat_template_path: 'template.txt' is neither a .jinja/.j2 file nor a tokenizer with a chat template",
+        {"chat_template_path": "template.txt"},
+        files={"template.txt": "{{ messages }}"},
+    ),
+}
+
+CASES = {**CONFIG_CASES, **COMMAND_LINE_CASES, **PATH_CASES, **DATA_CASES, **MODEL_CASES}
+
+
+def prepare(case: Case, directory: Path, model_dir: Path) -> list[str]:
+    """Write the case's config and files into `directory`; the script's arguments."""
+    if isinstance(case.config, str):
+        config_text = case.config
+    else:
+        config = {**base_config(model_dir), **case.config}
+        config_text = yaml.safe_dump({key: value for key, value in config.items() if value is not None})
+    (directory / "config.yaml").write_text(config_text)
+    files = {"data.jsonl": jsonl(PAIRS), **case.files}
+    for name, content in files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(path, model_dir)
+        else:
+            path.write_text(content)
+    return list(case.flags) if "--config" in case.flags else ["--config", "config.yaml", *case.flags]
+
+
+def tree(directory: Path) -> set[str]:
+    return {str(path.relative_to(directory)) for path in directory.rglob("*")}
+
+
+def run_in_process(script: str, args: list[str], directory: Path, monkeypatch) -> tuple[int, str]:
+    """The script's `__main__` as `python <script> <args>` runs it in `directory`: its exit status and stderr."""
+    monkeypatch.chdir(directory)
+    monkeypatch.setattr(sys, "argv", [str(REPO / f"{script}.py"), *args])
+    monkeypatch.delenv("PREFOPT_DEBUG", raising=False)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(str(REPO / f"{script}.py"), run_name="__main__")
+        except SystemExit as exit:
+            return exit.code, stderr.getvalue()
+    return 0, stderr.getvalue()
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def assert_refused(status: int, stderr: str, message: str, written: set[str]) -> None:
+    assert error_lines(stderr) == [f"error: {message}"], stderr[-3000:]
+    assert status == 2
+    assert written == set(), f"written: {sorted(written)}"
+
+
+@pytest.fixture
+def case_dir(tmp_path) -> Path:
+    directory = tmp_path / "case"
+    directory.mkdir()
+    return directory
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_refused_in_one_line(name, case_dir, demo_assets, monkeypatch):
+    case = CASES[name]
+    args = prepare(case, case_dir, demo_assets.model_dir)
+    before = tree(case_dir)
+    status, stderr = run_in_process(case.script, args, case_dir, monkeypatch)
+    assert_refused(status, stderr, case.message, tree(case_dir) - before)
+
+
+def test_a_subprocess_ends_as_the_script_run_in_process(case_dir, demo_assets, monkeypatch):
+    case = CASES["typo in a key"]
+    args = prepare(case, case_dir, demo_assets.model_dir)
+    before = tree(case_dir)
+    result = run_command([sys.executable, str(REPO / "dpo.py"), *args], cwd=case_dir, check=False)
+    assert_refused(result.returncode, result.stderr, case.message, tree(case_dir) - before)
+    status, stderr = run_in_process("dpo", args, case_dir, monkeypatch)
+    assert (status, error_lines(stderr)) == (result.returncode, error_lines(result.stderr))
+
+
+HUB_CASES = {
+    "dataset id": Case(
+        "dataset_name: could not reach the Hugging Face Hub{offline} for 'no-such-org/preference-pairs', and nothing "
+        "is cached for it; download it where the hub is reachable (hf download no-such-org/preference-pairs "
+        "--repo-type dataset --local-dir DIR) and set dataset_name to DIR",
+        {"dataset_name": "no-such-org/preference-pairs"},
+    ),
+    "model id": Case(
+        "model_name_or_path: could not reach the Hugging Face Hub{offline} for 'no-such-org/tiny-model', and nothing "
+        "is cached for it; download it where the hub is reachable (hf download no-such-org/tiny-model --local-dir DIR) "
+        "and set model_name_or_path to DIR",
+        {"model_name_or_path": "no-such-org/tiny-model"},
+    ),
+}
+
+
+def start_in_subprocess(args: list[str], directory: Path, **env: str) -> subprocess.Popen:
+    """dpo.py in a subprocess with an empty hub cache: the hub settings are read when the libraries are imported."""
+    env = script_env(HF_HOME=str(directory.parent / f"{directory.name}_hf_home"), **env)
+    command = [sys.executable, str(REPO / "dpo.py"), *args]
+    return subprocess.Popen(
+        command, cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def stderr_of(process: subprocess.Popen) -> str:
+    """The process's stderr once it ends; killed if it has not ended within 5 minutes."""
+    try:
+        return process.communicate(timeout=300)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+@pytest.mark.parametrize("name", HUB_CASES)
+def test_hub_id_offline_with_nothing_cached(name, case_dir, demo_assets):
+    case = HUB_CASES[name]
+    args = prepare(case, case_dir, demo_assets.model_dir)
+    before = tree(case_dir)
+    process = start_in_subprocess(args, case_dir, HF_HUB_OFFLINE="1")
+    stderr = stderr_of(process)
+    message = case.message.format(offline=" (HF_HUB_OFFLINE is set)")
+    assert_refused(process.returncode, stderr, message, tree(case_dir) - before)
+
+
+def test_hub_ids_unreachable_with_nothing_cached(tmp_path, demo_assets):
+    """Without HF_HUB_OFFLINE: this machine reaches no hub, and huggingface_hub retries each file for about 25 s
+    before it gives up. Both cases run at once; short timeouts keep a blocked connection from hanging the test."""
+    timeouts = {"HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+    runs = {}
+    for name, case in HUB_CASES.items():
+        directory = tmp_path / name.replace(" ", "_")
+        directory.mkdir()
+        args = prepare(case, directory, demo_assets.model_dir)
+        runs[name] = directory, tree(directory), start_in_subprocess(args, directory, **timeouts)
+    for name, (directory, before, process) in runs.items():
+        stderr = stderr_of(process)
+        message = HUB_CASES[name].message.format(offline="")
+        assert_refused(process.returncode, stderr, message, tree(directory) - before)
+
+
+def test_accelerate_processes_that_do_not_join_one_run(case_dir, demo_assets):
+    """Two processes on a machine without GPUs, without use_cpu: each refuses before anything is written. accelerate
+    launch itself then exits 1, with its own report of the failed processes."""
+    args = prepare(Case(""), case_dir, demo_assets.model_dir)
+    before = tree(case_dir)
+    result = accelerate_launch("dpo.py", *args, num_processes=2, check=False, cwd=case_dir)
+    message = (
+        "accelerate started 2 processes but they did not join one run; on a machine without GPUs set use_cpu: true "
+        "(or --use_cpu true)"
+    )
+    assert error_lines(result.stderr) == [f"error: {message}"] * 2
+    assert result.stderr.count("exitcode  : 2") == 2  # torch's summary of the two processes
+    assert result.returncode == 1
+    assert tree(case_dir) - before == set()
+
+
+def test_the_catalogue_covers_every_kind_of_input():
+    kinds = [CONFIG_CASES, COMMAND_LINE_CASES, PATH_CASES, DATA_CASES, MODEL_CASES, HUB_CASES]
+    assert all(kinds)
+    assert len(CASES) + 2 * len(HUB_CASES) + 1 >= 40  # in process, offline and unreachable, accelerate launch

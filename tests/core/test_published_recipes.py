@@ -1,0 +1,146 @@
+"""Published recipes, copied with their keys and values as published (`published_recipes/`, each naming its source):
+the keys that were renamed since are carried over with a note, the ones without a successor are dropped with a note
+or refused with what to set instead, and a command-line flag overrides a carried-over key."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from trl import DPOConfig
+
+from prefopt.config import parse_args
+from prefopt.errors import UserError
+from simpo import SimPOConfig
+from tests.conftest import run_script
+
+RECIPES = Path(__file__).parent / "published_recipes"
+SIMPO_LLAMA3 = RECIPES / "simpo_llama-3-8b-instruct-simpo.yaml"
+
+
+def notes(caplog) -> list[str]:
+    """The config's notes, without the path of the config that starts each."""
+    return [message.split(": ", 1)[1] for message in caplog.messages if "published_recipes" in message]
+
+
+def test_simpo_paper_recipe_runs_with_its_renamed_keys_carried_over(demo_assets, tmp_path):
+    """The SimPO repository's Llama-3-Instruct recipe (the version with use_flash_attention_2), with only its model
+    and data swapped, and flags for a machine without a GPU, flash-attn or wandb."""
+    result = run_script(
+        "simpo.py",
+        "--config", SIMPO_LLAMA3,
+        "--model_name_or_path", demo_assets.model_dir,
+        "--dataset_name", demo_assets.data_dir,
+        "--output_dir", tmp_path / "outputs" / "recipe",
+        "--merged_model_dir", tmp_path / "models" / "recipe",
+        # flash-attn needs a GPU: the model would not load with flash_attention_2, which use_flash_attention_2 sets
+        "--attn_implementation", "sdpa",
+        "--bf16", "false",
+        "--report_to", "none",
+        "--dataset_num_proc", "1",
+        "--max_steps", "2",
+        OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    for note in (
+        "'use_flash_attention_2: true' is now 'attn_implementation: flash_attention_2', which --attn_implementation "
+        "on the command line overrides",
+        "'evaluation_strategy: steps' is now 'eval_strategy: steps'",
+        "'preprocessing_num_workers: 12' is now 'dataset_num_proc: 12', which --dataset_num_proc on the command line "
+        "overrides",
+        "'max_prompt_length: 1800' is ignored: TRL 1.16 removed it, and only max_length truncates",
+        "'dataset_splits: [train, test]' is now 'dataset_train_split: train, dataset_test_split: test'",
+        "'gamma_beta_ratio: 0.55' is now 'simpo_gamma: 1.375'",
+    ):
+        assert note in result.stderr
+    state = yaml.safe_load((tmp_path / "outputs" / "recipe" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+
+
+@pytest.mark.parametrize(
+    "command_line, attention", [([], "flash_attention_2"), (["--attn_implementation", "sdpa"], "sdpa")]
+)
+def test_command_line_overrides_a_renamed_key(command_line, attention, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe's relative output_dir and merged_model_dir
+    _, _, model_args, _ = parse_args(SimPOConfig, ["--config", str(SIMPO_LLAMA3), "--use_cpu", "true", *command_line])
+    assert model_args.attn_implementation == attention
+
+
+def test_simpo_recipe_values_carry_over(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    script_args, training_args, model_args, _ = parse_args(
+        SimPOConfig, ["--config", str(SIMPO_LLAMA3), "--use_cpu", "true"]
+    )
+    assert (script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_test_split) == (
+        "princeton-nlp/llama3-ultrafeedback",
+        "train",
+        "test",
+    )
+    assert (training_args.eval_strategy, training_args.dataset_num_proc, training_args.warmup_steps) == (
+        "steps",
+        12,
+        0.1,
+    )
+    assert training_args.simpo_gamma == pytest.approx(2.5 * 0.55) and model_args.dtype is None
+    assert "'dataset_mixer: {princeton-nlp/llama3-ultrafeedback: 1.0}' is now 'dataset_name: " in caplog.text
+
+
+def test_handbook_qlora_recipe_values_carry_over(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    recipe = RECIPES / "handbook_zephyr-7b-beta_dpo_config_qlora.yaml"
+    script_args, training_args, model_args, _ = parse_args(DPOConfig, ["--config", str(recipe), "--use_cpu", "true"])
+    assert (script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_test_split) == (
+        "HuggingFaceH4/ultrafeedback_binarized",
+        "train_prefs",
+        "test_prefs",
+    )
+    assert (model_args.dtype, model_args.load_in_4bit, training_args.dataset_num_proc) == ("bfloat16", True, 12)
+    assert notes(caplog) == [
+        "'max_prompt_length: 512' is ignored: TRL 1.16 removed it, and only max_length truncates, cutting the end of "
+        "each completion (prompts of max_length tokens or more are reported before training)",
+        "'torch_dtype: bfloat16' is now 'dtype: bfloat16'",
+        "'dataset_mixer: {HuggingFaceH4/ultrafeedback_binarized: 1.0}' is now "
+        "'dataset_name: HuggingFaceH4/ultrafeedback_binarized'",
+        "'dataset_splits: [train_prefs, test_prefs]' is now "
+        "'dataset_train_split: train_prefs, dataset_test_split: test_prefs'",
+        "'preprocessing_num_workers: 12' is now 'dataset_num_proc: 12'",
+        "'warmup_ratio: 0.1' is now 'warmup_steps: 0.1'",
+    ]
+
+
+# recipe -> (the key refused, the line that replaces it as the message says, what then carries over)
+REFUSED = {
+    "handbook_pref_align_scan_dpo_config_zephyr.yaml": (
+        "push_to_hub_revision",
+        "push_to_hub: true",
+        "'hub_model_revision: dpo-beta-0.01' is now 'hub_revision: dpo-beta-0.01'",
+    ),
+    "handbook_smollm3_dpo_apo.yaml": (
+        "dataset_mixture",
+        "dataset_name: HuggingFaceTB/smoltalk2",
+        "'overwrite_output_dir: true' is ignored: transformers 5 removed it: a run writes into output_dir whatever it "
+        "holds, and continues from its checkpoints only with resume_from_checkpoint: true",
+    ),
+    "simpo_gemma-2-9b-it-simpo.yaml": (
+        "chat_template",
+        "chat_template_path: gemma.jinja",
+        "'gamma_beta_ratio: 0.5' is now 'simpo_gamma: 5.0'",
+    ),
+}
+
+
+@pytest.mark.parametrize("recipe", REFUSED)
+def test_keys_without_successor_are_refused_until_replaced(recipe, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    key, replacement, carried_note = REFUSED[recipe]
+    config_class = SimPOConfig if recipe.startswith("simpo") else DPOConfig
+    with pytest.raises(UserError, match=re.escape(f"published_recipes/{recipe}: '{key}' is not a key; ")):
+        parse_args(config_class, ["--config", str(RECIPES / recipe), "--use_cpu", "true"])
+
+    config = yaml.safe_load((RECIPES / recipe).read_text())
+    del config[key]
+    config.update(yaml.safe_load(replacement))
+    (tmp_path / "published_recipes").mkdir()
+    fixed = tmp_path / "published_recipes" / recipe
+    fixed.write_text(yaml.safe_dump(config))
+    parse_args(config_class, ["--config", str(fixed), "--use_cpu", "true"])
+    assert carried_note in notes(caplog)
