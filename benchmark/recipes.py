@@ -248,36 +248,39 @@ def recipes_suite(args: argparse.Namespace, work_dir: Path) -> tuple[list[Varian
     """Each recipe by TRL's script and by ours as it is, then ours over its grid; each compared with TRL's."""
     grids = QUICK if args.quick else RECIPES
     recipes = {name: grids[name] for name in (args.recipes or grids)}
-    if args.settings:
-        recipes = {
-            name: Recipe(
-                recipe.algorithm, recipe.architecture, recipe.micro_batches, (*recipe.settings, *args.settings)
-            )
-            for name, recipe in recipes.items()
-        }
+    recipes = {
+        name: Recipe(recipe.algorithm, recipe.architecture, recipe.micro_batches, (*recipe.settings, *args.settings))
+        for name, recipe in recipes.items()
+    }
     tiny = args.scale == "tiny"
     assets = build_assets(recipes, tiny, args.max_steps, work_dir / "assets")
-    variants = []
-    for name, recipe in recipes.items():
-        model_dir, data_dir = assets[name]
-        batch, max_length = recipe_shape(name)
-        common = ("--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--logging_steps", "1")
-        if tiny:
-            common += (*TINY_FLAGS, "--max_length", str(max_length // TINY_LENGTH_DIVISOR))
-        ours = (*common, "--merge", "false")
-        env = TINY_ENV if tiny else ()
-        variants += [
-            Variant(recipe.algorithm, TRL, AS_IS, common, env, name),
-            Variant(recipe.algorithm, PREFOPT, AS_IS, ours, env, name),
-        ]
-        for micro_batch in recipe.micro_batches:
-            flags = (*ours, "--per_device_train_batch_size", str(micro_batch))
-            flags += ("--gradient_accumulation_steps", str(batch // micro_batch))
-            variants.append(Variant(recipe.algorithm, PREFOPT, f"micro-batch {micro_batch}", flags, env, name))
-        largest = variants[-1]
-        for setting in recipe.settings:
-            setting_flags, algorithms = SETTINGS[setting]
-            if recipe.algorithm in algorithms:
-                label = f"{largest.label}, {setting}"
-                variants.append(Variant(recipe.algorithm, PREFOPT, label, largest.flags + setting_flags, env, name))
+    variants = [
+        variant for name, recipe in recipes.items() for variant in recipe_variants(name, recipe, *assets[name], tiny)
+    ]
     return variants, lambda row: None if row["runner"] == TRL else (row["algorithm"], TRL, AS_IS, row["config"])
+
+
+def recipe_variants(name: str, recipe: Recipe, model_dir: Path, data_dir: Path, tiny: bool) -> list[Variant]:
+    """TRL's script and ours on the recipe as it is, ours at each micro-batch of the grid (accumulation keeping the
+    effective batch), and ours at the largest with each setting of the grid that the algorithm's trainer takes."""
+    batch, max_length = recipe_shape(name)
+    common = ("--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--logging_steps", "1")
+    if tiny:
+        common += (*TINY_FLAGS, "--max_length", str(max_length // TINY_LENGTH_DIVISOR))
+    ours = (*common, "--merge", "false")
+    env = TINY_ENV if tiny else ()
+    variants = [
+        Variant(recipe.algorithm, TRL, AS_IS, common, env, name),
+        Variant(recipe.algorithm, PREFOPT, AS_IS, ours, env, name),
+    ]
+    for micro_batch in recipe.micro_batches:
+        flags = (*ours, "--per_device_train_batch_size", str(micro_batch))
+        flags += ("--gradient_accumulation_steps", str(batch // micro_batch))
+        variants.append(Variant(recipe.algorithm, PREFOPT, f"micro-batch {micro_batch}", flags, env, name))
+    largest = variants[-1]
+    for setting in recipe.settings:
+        setting_flags, algorithms = SETTINGS[setting]
+        if recipe.algorithm in algorithms:
+            label = f"{largest.label}, {setting}"
+            variants.append(Variant(recipe.algorithm, PREFOPT, label, largest.flags + setting_flags, env, name))
+    return variants
