@@ -30,9 +30,9 @@ Not in the grids:
 Time budget, by arithmetic and not measured (no GPU was at hand when it was written). Assumptions: a run's fixed
 cost (imports, loading, tokenizing, the trainer) is 10 s, 25 s for the 8B model (reading 16 GB, quantizing it);
 building the assets 10 s, and 25 s for the 8B model; a recipe as it is trains 4,000 tokens/s on the 0.5B model (the
-issue's measurement of the DPO recipe on an H200: 5.9 s per step of 23,700 tokens) and 1,900 tokens/s on the 8B
-(9% MFU: the same overhead per micro-batch, 16x the FLOPs); half the micro-batches take half the time; the largest
-micro-batch runs at 25% MFU. At 3 steps a 0.5B run then takes 28 s as it is and 11 s at the largest micro-batch, an
+issue's measurement of the DPO recipe on an H200: 5.9 s per step of 23,700 tokens, 1.2% MFU) and 1,900 tokens/s on
+the 8B (9% MFU, a guess: its larger matrix products use the card better); half the micro-batches take half the time;
+the largest micro-batch runs at 25% MFU. At 3 steps a 0.5B run then takes 28 s as it is and 11 s at the largest micro-batch, an
 8B run 62 s and 39 s: `--quick`, 5 runs, 1.6 min; the full grid, 21 runs, 8.0 min.
 """
 
@@ -55,8 +55,9 @@ from prefopt.launch import training_config
 
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
 
-# The hub's pages were not reachable where these files were written; each is a verbatim copy of the model's
-# config.json as mirrors publish it, and their parameter counts (494.0M, 8,030.3M) are the models' published ones.
+# The hub's own pages were not reachable where these files were written. Their values are those of the mirrors
+# named, which differ only where the architecture does not (transformers_version; Qwen's sliding_window, unused with
+# use_sliding_window false), and give the models' published sizes: 494.0M and 8,030.3M parameters.
 ARCHITECTURE_SOURCES = {
     "qwen2.5-0.5b-instruct": (
         "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct/blob/main/config.json, as copied by "
