@@ -169,7 +169,7 @@ def recipes_markdown(report: dict) -> str:
     lines = report_header(report) + [
         (
             f"- Runs: each recipe of `training_configs/` on {scale}, and synthetic data (`benchmark/recipes.py`), "
-            f"{steps} steps, {settings['repeats']} run(s) each. TRL: its example script; ours: our script. tokens/s: "
+            f"{steps} steps, {settings['repeats']} run(s) each. TRL: its example script; prefopt: ours. tokens/s: "
             "non-padding tokens of the policy's forward passes with gradients per second of step time; MFU: 6 x "
             f"linear-layer parameters x tokens/s over the card's dense peak; loss and gradient norm: at step {steps}."
         ),
