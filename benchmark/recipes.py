@@ -6,7 +6,7 @@
 
 For each recipe of `RECIPES` it builds, without a hub:
 - a model of the recipe's exact architecture, from `benchmark/architectures/<model>.json` (the model's config.json;
-  sources in `ARCHITECTURE_SOURCES`), with random weights;
+  sources named below), with random weights;
 - a byte-level tokenizer without merges, so that a text of n characters is n tokens;
 - synthetic data in the recipe's format (pairs; unpaired completions for KTO) with the token lengths of `LENGTHS`,
   one epoch of `--max_steps` steps at the recipe's effective batch.
@@ -55,20 +55,14 @@ from prefopt.launch import training_config
 
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
 
-# The hub's own pages were not reachable where these files were written. Their values are those of the mirrors
-# named, which differ only where the architecture does not (transformers_version; Qwen's sliding_window, unused with
-# use_sliding_window false), and give the models' published sizes: 494.0M and 8,030.3M parameters.
-ARCHITECTURE_SOURCES = {
-    "qwen2.5-0.5b-instruct": (
-        "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct/blob/main/config.json, as copied by "
-        "https://huggingface.co/unsloth/Qwen2.5-0.5B-Instruct/blob/00bafb7cd8d700177637919923d0e579fe0cfa5f/config.json"
-    ),
-    "llama-3.1-8b-instruct": (
-        "https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct/blob/main/config.json, as copied by "
-        "https://huggingface.co/NaniDAO/Meta-Llama-3.1-8B-Instruct-ablated/blob/"
-        "c4e4c2b4bfa8c8423b5364ad65eeef8f64b93e8b/config.json"
-    ),
-}
+# The hub's own pages were not reachable where the architectures' files were written. Their values are those of the
+# mirrors named here, which differ only where the architecture does not (transformers_version; Qwen's sliding_window,
+# unused with use_sliding_window false), and give the models' published sizes: 494.0M and 8,030.3M parameters.
+# - qwen2.5-0.5b-instruct.json: https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct/blob/main/config.json, as copied by
+#   https://huggingface.co/unsloth/Qwen2.5-0.5B-Instruct/blob/00bafb7cd8d700177637919923d0e579fe0cfa5f/config.json
+# - llama-3.1-8b-instruct.json: https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct/blob/main/config.json, as
+#   copied by https://huggingface.co/NaniDAO/Meta-Llama-3.1-8B-Instruct-ablated/blob/
+#   c4e4c2b4bfa8c8423b5364ad65eeef8f64b93e8b/config.json
 
 # Same family, the same ratios of heads and of hidden to MLP width, a CPU's size.
 TINY_ARCHITECTURE = {
@@ -132,7 +126,6 @@ SETTINGS = {
     "use_fused_lm_head": (("--use_fused_lm_head", "true"), ("simpo",)),
     "torch_compile": (("--torch_compile", "true"), ("dpo", "kto", "simpo")),
 }
-CHANGES_THE_BATCHES = ("group_by_length",)  # the settings whose loss and gradient norm may differ
 
 RECIPES = {
     "qwen2.5-0.5b-instruct/dpo": Recipe(
