@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the exact pins of requirements.txt (and requirements-dev.txt with --dev).
+# Create .venv and install the exact pins of requirements.txt (and requirements-dev.txt with --dev; and
+# requirements-gpu.txt on a machine with an NVIDIA GPU).
 set -euo pipefail
 
 usage() {
@@ -7,7 +8,9 @@ usage() {
 Usage: bash setup.bash [--dev]
 
 Creates .venv with python3 and installs pinned torch, transformers, trl, peft, datasets, accelerate,
-bitsandbytes, pyyaml and matplotlib. Safe to run again: it only installs what changed.
+bitsandbytes, pyyaml and matplotlib. Where `nvidia-smi` sees a GPU, also what the GPU accelerate configs
+need (requirements-gpu.txt: deepspeed); elsewhere none of it. Safe to run again: it only installs what
+changed.
 
   --dev   also install the test tools (pytest)
 
@@ -35,8 +38,14 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 
+gpu_requirements=()
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  gpu_requirements=(requirements-gpu.txt)
+fi
+
 # Install only when the pins changed since the last successful install: a second run takes a second.
-stamp=".venv/.installed-$(cat requirements.txt "$requirements" | sha256sum | cut -c1-16)-torch$TORCH_VERSION"
+pins=$(cat requirements.txt "$requirements" "${gpu_requirements[@]}" | sha256sum | cut -c1-16)
+stamp=".venv/.installed-$pins-torch$TORCH_VERSION"
 if [ -f "$stamp" ]; then
   echo "setup: .venv is up to date ($requirements)"
   exit 0
@@ -46,7 +55,7 @@ fi
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
   echo "setup: installing torch $TORCH_VERSION from $TORCH_INDEX_URL"
   torch=("torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL")
-elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+elif [ ${#gpu_requirements[@]} -gt 0 ]; then
   echo "setup: NVIDIA GPU found: installing torch $TORCH_VERSION with CUDA"
   torch=("torch==$TORCH_VERSION")  # PyPI's Linux build is the CUDA one
 elif [ "$(uname -s)" = Linux ]; then
@@ -64,6 +73,10 @@ fi
 .venv/bin/python -m pip install --quiet "${torch[@]}"
 echo "setup: installing $requirements"
 .venv/bin/python -m pip install --quiet -r "$requirements"
+for gpu_file in "${gpu_requirements[@]}"; do
+  echo "setup: NVIDIA GPU found: installing $gpu_file"
+  .venv/bin/python -m pip install --quiet -r "$gpu_file"
+done
 rm -f .venv/.installed-*
 touch "$stamp"
 .venv/bin/python -c "import torch, transformers, trl, peft; print(f'setup: done (torch {torch.__version__}, cuda {torch.cuda.is_available()}, transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__})')"

@@ -9,12 +9,16 @@ SimPO is TRL's CPO trainer with `loss_type: simpo` and `cpo_alpha: 0`. It needs 
 the length-normalised log-probability scaled by `beta`, and `simpo_gamma` is the paper's target margin (in reward
 units, like the paper's gamma). The paper's values are beta 2.0-2.5 and gamma/beta about 0.5; with CPO's default
 beta 0.1 the scaled reward differences are too small to overcome the margin and the loss barely moves.
+`use_fused_lm_head: true` computes the log-probabilities without CPO's full logits, as DPO and KTO do.
 """
 
 from dataclasses import dataclass, field
 
+import torch
+from accelerate.utils import is_peft_model
 from trl import get_peft_config
 from trl.experimental.cpo import CPOConfig, CPOTrainer
+from trl.trainer.utils import add_fused_lm_head
 
 from prefopt.checkpoints import resume_checkpoint, with_atomic_checkpoints
 from prefopt.config import parse_args
@@ -32,11 +36,65 @@ class SimPOConfig(CPOConfig):
     cpo_alpha: float = field(default=0.0, metadata={"help": "Weight of CPO's NLL term; 0 for plain SimPO."})
     beta: float = field(default=2.0, metadata={"help": "Reward scale; the SimPO paper uses 2.0-2.5."})
     simpo_gamma: float = field(default=1.0, metadata={"help": "Target reward margin; the paper uses about 0.5 x beta."})
+    use_fused_lm_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the log-probabilities with TRL's fused LM head, in chunks, as DPO and KTO do, instead of "
+            "CPO's whole (2 x batch, length, vocab) logits: the same loss and gradients in less memory. logits/chosen "
+            "and logits/rejected then average over completion tokens only. Not with a LoRA adapter on lm_head."
+        },
+    )
+
+
+class SimPOTrainer(CPOTrainer):
+    """TRL's CPO trainer; with `use_fused_lm_head`, its log-probabilities come from TRL's fused LM head."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.use_fused_lm_head:
+            # As DPOTrainer does: the head is patched into the model under the adapter, which PEFT calls through.
+            model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+            add_fused_lm_head(model, outputs=("log_probs", "mean_logits"))
+
+    def concatenated_forward(self, model, batch):
+        """CPO's forward, with per-token log-probabilities computed in vocabulary tiles and never as whole logits.
+
+        Returns what CPO's own returns, in its order; in place of the logits, their mean over completion tokens.
+        """
+        if not self.args.use_fused_lm_head:
+            return super().concatenated_forward(model, batch)
+        inputs = self.concatenated_inputs(batch, padding_value=self.pad_token_id, device=self.accelerator.device)
+        num_chosen = batch["chosen_labels"].shape[0]
+        outputs = model(
+            inputs["concatenated_input_ids"],
+            attention_mask=inputs["concatenated_attention_mask"],
+            labels=inputs["concatenated_labels"],
+            fused_lm_head=True,
+            use_cache=False,
+            **({"output_router_logits": True} if self.aux_loss_enabled else {}),
+        )
+        log_probs, mask = outputs.log_probs, outputs.label_mask  # shifted: position t scores token t + 1
+        logps = log_probs.sum(-1)
+        if self.loss_type in ("ipo", "simpo"):  # CPO's average_log_prob
+            logps = logps / mask.sum(-1)
+        if self.cpo_alpha == 0:
+            nll_loss = torch.tensor(0.0, device=self.accelerator.device)
+        else:  # CPO's cross-entropy over the chosen completions' tokens
+            nll_loss = -log_probs[:num_chosen].sum() / mask[:num_chosen].sum()
+        chosen_logits = outputs.mean_logits[:num_chosen][mask[:num_chosen]].mean()
+        rejected_logits = outputs.mean_logits[num_chosen:][mask[num_chosen:]].mean()
+        result = (logps[:num_chosen], logps[num_chosen:], chosen_logits, rejected_logits, nll_loss)
+        return (*result, outputs.aux_loss) if self.aux_loss_enabled else result
 
 
 def main(script_args, training_args, model_args, run_args):
     if training_args.loss_type != "simpo":
         raise UserError(f"simpo.py trains SimPO: loss_type must be 'simpo', got '{training_args.loss_type}'")
+    if training_args.use_fused_lm_head and "lm_head" in (model_args.lora_target_modules or []):
+        raise UserError(
+            "use_fused_lm_head reads lm_head's weight directly, so a LoRA adapter on it would never train: remove "
+            "lm_head from lora_target_modules, or set use_fused_lm_head: false"
+        )
 
     # Tokenizer & data, checked before the model is loaded
     tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
@@ -50,7 +108,7 @@ def main(script_args, training_args, model_args, run_args):
     model = load_model(model_args, training_args.trust_remote_code)
 
     # Training
-    trainer = with_atomic_checkpoints(CPOTrainer)(
+    trainer = with_atomic_checkpoints(SimPOTrainer)(
         model=model,
         args=training_args,
         train_dataset=train_dataset,

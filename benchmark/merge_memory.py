@@ -2,13 +2,10 @@
 
 import argparse
 import logging
-import multiprocessing
 import os
 import resource
 import statistics
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -16,6 +13,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import ModelConfig
 
+from benchmark.runs import in_fresh_process
 from prefopt.merge import merge_adapter
 
 logger = logging.getLogger(__name__)
@@ -50,12 +48,6 @@ def measure_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict:
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "merge_s": time.perf_counter() - start,
     }
-
-
-def in_fresh_process(function: Callable, *args):
-    """`function(*args)` in a new interpreter, so that its ru_maxrss is its own and no earlier peak's."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def merge_suite(args: argparse.Namespace, work_dir: Path, base_config: dict = MERGE_BASE) -> dict:

@@ -9,7 +9,9 @@ arguments). The reporter joins the Trainer as its reporting integrations (wandb,
 `--report_to prefopt_probe`, so our scripts and TRL's are measured by the same code and neither is edited. When
 training ends it writes one JSON object: the wall and CPU time at the end of each optimizer step; the tokens the
 policy was trained on (its forward passes with gradients; reference and KL passes run without and are not
-counted); the process's peak resident memory; on an accelerator, its peak allocated memory.
+counted); the loss and gradient norm the Trainer logged at each step (with `--logging_steps 1`); the batch the
+Trainer ran (micro-batch, accumulation steps, processes); the process's peak resident memory; on an accelerator,
+its peak allocated memory.
 """
 
 import argparse
@@ -41,6 +43,8 @@ class ProbeCallback(TrainerCallback):
         self.step_end_s = []
         self.step_end_cpu_s = []
         self.logs = {}
+        self.losses = []
+        self.grad_norms = []
         self._model = None
         self._hook = None
         self._tokens = None
@@ -69,7 +73,11 @@ class ProbeCallback(TrainerCallback):
         self.step_end_cpu_s.append(time.process_time())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        self.logs.update(logs or {})
+        logs = logs or {}
+        self.logs.update(logs)
+        if "loss" in logs:
+            self.losses.append(logs["loss"])
+            self.grad_norms.append(logs.get("grad_norm"))
 
     def on_train_end(self, args, state, control, **kwargs):
         train_end_s, train_end_unix_s = _elapsed(), time.time()
@@ -88,6 +96,11 @@ class ProbeCallback(TrainerCallback):
             "train_runtime_s": self.logs.get("train_runtime"),
             "train_tokens": int(self._tokens) if self._tokens is not None else 0,
             "max_steps": state.max_steps,
+            "losses": self.losses,
+            "grad_norms": self.grad_norms,
+            "micro_batch": args.per_device_train_batch_size,
+            "accumulation_steps": args.gradient_accumulation_steps,
+            "processes": args.world_size,
             "peak_rss_bytes": _peak_rss_bytes(),
             "accelerator": str(accelerator) if accelerator else None,
             "accelerator_name": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -111,10 +124,11 @@ def _peak_rss_bytes() -> int:
 def _matmul_parameters(model: torch.nn.Module) -> int:
     """Weights of the base model's linear layers, the lm_head included: each costs 2 FLOPs per token forward.
 
-    Embedding lookups cost nothing and LoRA's low-rank factors are negligible, so neither is counted.
+    Embedding lookups cost nothing and LoRA's low-rank factors are negligible, so neither is counted. Counted from the
+    layers' shapes: a 4-bit layer's weight packs two parameters per element.
     """
     return sum(
-        module.weight.numel()
+        module.in_features * module.out_features
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and "lora_" not in name
     )

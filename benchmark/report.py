@@ -64,7 +64,7 @@ RATIO_TITLES = {
 def report_header(report: dict) -> list[str]:
     """The title, the command, the machine, the load and the library versions."""
     machine, loads = report["machine"], [run["load_1min"] for run in report["runs"]]
-    devices = ", ".join(sorted({run.get("device", "cpu") for run in report["runs"]}))
+    devices = ", ".join(sorted({run["device"] for run in report["runs"] if "device" in run}))  # not of failed runs
     return [
         f"# benchmark {report['suite']}",
         "",
@@ -157,6 +157,55 @@ def scaling_markdown(report: dict) -> list[str]:
     return ["## Step time by shape", "", markdown_table(["shape", *columns], rows), ""]
 
 
+def recipes_markdown(report: dict) -> str:
+    """The recipes suite's report: per recipe, TRL's script and ours as they are, then ours over the grid."""
+    settings, steps = report["settings"], report["settings"]["max_steps"]
+    scale = (
+        "random-weight models of the recipes' own architectures"
+        if settings["scale"] == "full"
+        else "random-weight tiny models of the recipes' architecture families, float32, no LoRA dropout, lengths "
+        "and max_length / 8"
+    )
+    lines = report_header(report) + [
+        (
+            f"- Runs: each recipe of `training_configs/` on {scale}, and synthetic data (`benchmark/recipes.py`), "
+            f"{steps} steps, {settings['repeats']} run(s) each. TRL: its example script; prefopt: ours. tokens/s: "
+            "non-padding tokens of the policy's forward passes with gradients per second of step time; MFU: 6 x "
+            f"linear-layer parameters x tokens/s over the card's dense peak; loss and gradient norm: at step {steps}."
+        ),
+        "",
+    ]
+    columns = [
+        "runner", "settings", "micro-batch x accumulation", "step (s)", "tokens/step", "tokens/s", "tokens/s vs TRL",
+        "MFU", "peak GPU (GiB)", "peak RSS train (MiB)", f"loss at step {steps}", f"grad norm at step {steps}",
+    ]  # fmt: skip
+    over_trl = {(row["config"], row["label"], row["runner"]): row["tokens_per_s"] for row in report["ratios"]}
+    for recipe in dict.fromkeys(row["config"] for row in report["summary"]):
+        rows = []
+        for row in (row for row in report["summary"] if row["config"] == recipe):
+            if row["failed"]:
+                rows.append([row["runner"], row["label"], row["failed"], *["n/a"] * (len(columns) - 3)])
+                continue
+            rows.append(
+                [
+                    row["runner"],
+                    row["label"],
+                    f"{row['micro_batch']} x {row['accumulation_steps']}",
+                    format_number(row["step_s"]),
+                    format_number(row["tokens_per_step"]),
+                    format_number(row["tokens_per_s"]),
+                    format_number(over_trl.get((recipe, row["label"], row["runner"]))),
+                    format_number(row["mfu"]),
+                    format_number(row["peak_gpu_gib"]),
+                    format_number(row["peak_rss_train_mib"]),
+                    format_number(row["loss"], 6),
+                    format_number(row["grad_norm"], 6),
+                ]
+            )
+        lines += [f"## {recipe}", "", markdown_table(columns, rows), ""]
+    return "\n".join(lines)
+
+
 def merge_markdown(report: dict) -> str:
     """The merge suite's report: peak memory against the model's size."""
     summary, gib = report["summary"], 2**30
@@ -189,7 +238,8 @@ def merge_markdown(report: dict) -> str:
 def write_report(report: dict, output_dir: Path, name: str) -> tuple[Path, Path]:
     """`<name>.json` and `<name>.md` in `output_dir`, each replaced whole."""
     json_path, markdown_path = output_dir / f"{name}.json", output_dir / f"{name}.md"
-    text = merge_markdown(report) if report["suite"] == "merge" else training_markdown(report)
+    markdown = {"merge": merge_markdown, "recipes": recipes_markdown}.get(report["suite"], training_markdown)
+    text = markdown(report)
     with atomic_file(json_path) as staging:
         staging.write_text(json.dumps(report, indent=1) + "\n")
     with atomic_file(markdown_path) as staging:
@@ -210,5 +260,4 @@ def resumed(path: Path, report: dict) -> dict:
 
 def resumable_as(report: dict) -> tuple:
     """What a report must share with the one it resumes; not --repeats: more than before runs the missing ones."""
-    settings = report["settings"]
-    return report["suite"], settings["model"], settings["dataset"], settings["max_steps"]
+    return report["suite"], {key: value for key, value in report["settings"].items() if key != "repeats"}

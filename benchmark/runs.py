@@ -1,19 +1,22 @@
 """One benchmark run: a training script in a subprocess under `benchmark.probe`, and what it measured.
 
-Every run trains `training_configs/<algorithm>_v1.yaml` (or TRL's script on it) for `--max_steps` steps, evaluation and
-checkpoints off, from an empty datasets cache. The runs of a suite are interleaved (A B A B ...), so that changes in
-the machine's load hit every variant alike.
+Every run trains a config of `training_configs/` (`<algorithm>_v1.yaml` unless the variant names another), by our
+script or TRL's, for `--max_steps` steps, evaluation and checkpoints off, from an empty datasets cache. The runs of a
+suite are interleaved (A B A B ...), so that changes in the machine's load hit every variant alike. A run that runs
+out of GPU memory is recorded as such: how large a micro-batch fits is one of the things a suite finds out.
 """
 
 import argparse
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 PREFOPT, TRL = "prefopt", "TRL"
 BASELINE = "v1 config"
+OUT_OF_MEMORY = "OutOfMemoryError"  # what torch raises when an accelerator's memory runs out
 
 # Dense peak TFLOPS from NVIDIA's datasheets by compute dtype; a key matches as a substring of the device name, first
 # match wins. --peak_tflops sets it for other cards.
@@ -41,20 +45,28 @@ PEAK_TFLOPS = {
 
 @dataclass(frozen=True)
 class Variant:
-    """One thing to measure: an algorithm run by one runner, with flags and environment on top of its v1 config."""
+    """One thing to measure: an algorithm run by one runner, with flags and environment on top of a config.
+
+    `config` names a config of `training_configs/` without its extension; empty, the algorithm's v1 config.
+    """
 
     algorithm: str
     runner: str = PREFOPT
     label: str = BASELINE
     flags: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    config: str = ""
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return self.algorithm, self.runner, self.label
+    def key(self) -> tuple[str, str, str, str]:
+        return self.algorithm, self.runner, self.label, self.config
+
+    @property
+    def config_name(self) -> str:
+        return self.config or f"{self.algorithm}_v1"
 
     def __str__(self) -> str:
-        return f"{self.algorithm} {self.runner} ({self.label})"
+        return f"{self.config or self.algorithm} {self.runner} ({self.label})"
 
 
 def run_command(variant: Variant, run_dir: Path, args: argparse.Namespace) -> list[str]:
@@ -70,11 +82,11 @@ def run_command(variant: Variant, run_dir: Path, args: argparse.Namespace) -> li
     ]  # fmt: skip
     if variant.runner == PREFOPT:
         target = str(training_script(variant.algorithm))
-        config = training_config(f"{variant.algorithm}_v1")
+        config = training_config(variant.config_name)
         common += ["--merged_model_dir", str(run_dir / "merged"), "--images_dir", str(run_dir / "images")]
     else:
         target = trl_target(variant.algorithm)
-        config = trl_config(variant.algorithm, run_dir / "trl_config.yaml")
+        config = trl_config(variant.config_name, run_dir / "trl_config.yaml")
     probe = [sys.executable, "-m", "benchmark.probe", str(run_dir / "probe.json"), target]
     return [*probe, "--config", str(config), *common, *variant.flags]
 
@@ -87,10 +99,17 @@ def measure_run(variant: Variant, run_dir: Path, args: argparse.Namespace) -> di
     env = {"HF_DATASETS_CACHE": str(run_dir / "datasets_cache"), **dict(variant.env)}
     load_1min = os.getloadavg()[0]
     start, start_unix = time.perf_counter(), time.time()
-    # ru_maxrss is the peak RSS of the child or of any process it waited for (dataloader workers).
-    usage = run_logged(
-        run_command(variant, run_dir, args), run_dir / "log.txt", what=f"benchmark: {variant}", env=env, cwd=run_dir
-    )
+    log_path = run_dir / "log.txt"
+    try:
+        # ru_maxrss is the peak RSS of the child or of any process it waited for (dataloader workers).
+        usage = run_logged(
+            run_command(variant, run_dir, args), log_path, what=f"benchmark: {variant}", env=env, cwd=run_dir
+        )
+    except UserError:
+        if OUT_OF_MEMORY not in log_path.read_text():
+            raise
+        logger.warning("benchmark: %s ran out of GPU memory", variant)
+        return {"failed": "out of memory", "wall_s": time.perf_counter() - start, "load_1min": load_1min}
     wall_s, end_unix = time.perf_counter() - start, time.time()
 
     probe = json.loads((run_dir / "probe.json").read_text())
@@ -100,6 +119,7 @@ def measure_run(variant: Variant, run_dir: Path, args: argparse.Namespace) -> di
     step_s = median_interval(probe["step_end_s"])
     tokens_per_step = probe["train_tokens"] / len(probe["step_end_s"])
     return {
+        "failed": None,
         "step_s": step_s,
         "cpu_step_s": median_interval(probe["step_end_cpu_s"]),
         "first_step_s": probe["step_end_s"][0] - probe["train_begin_s"],
@@ -107,6 +127,13 @@ def measure_run(variant: Variant, run_dir: Path, args: argparse.Namespace) -> di
         "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / step_s,
         "mfu": flops_per_token * tokens_per_step / step_s / peak_flops if peak_flops else None,
+        "loss": probe["losses"][-1] if probe["losses"] else None,
+        "grad_norm": probe["grad_norms"][-1] if probe["grad_norms"] else None,
+        "losses": probe["losses"],
+        "grad_norms": probe["grad_norms"],
+        "micro_batch": probe["micro_batch"],
+        "accumulation_steps": probe["accumulation_steps"],
+        "effective_batch": probe["micro_batch"] * probe["accumulation_steps"] * probe["processes"],
         "peak_rss_train_mib": probe["peak_rss_bytes"] / 2**20,
         "peak_rss_run_mib": usage.ru_maxrss / 2**10,  # KiB on Linux
         "peak_gpu_gib": probe["peak_accelerator_bytes"] / 2**30 if accelerator else None,
@@ -124,6 +151,12 @@ def measure_run(variant: Variant, run_dir: Path, args: argparse.Namespace) -> di
         "compute_dtype": probe["compute_dtype"],
         "torch_threads": probe["torch_threads"],
     }
+
+
+def in_fresh_process(function: Callable, *args):
+    """`function(*args)` in a new interpreter: its ru_maxrss is its own, and what it holds (a GPU) it releases."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def median_interval(times: list[float]) -> float:
@@ -161,6 +194,8 @@ def measure_interleaved(
             metrics = measure_run(variant, work_dir / f"run{len(runs):03d}", args)
             runs.append({**asdict(variant), "repeat": repeat, **metrics})
             after_each(runs)
+            if metrics["failed"]:
+                continue
             logger.info(
                 "benchmark: %d/%d %s: %.3f s/step (%.3f s CPU), wall %.1f s, load %.2f",
                 len(runs), len(variants) * args.repeats, variant, metrics["step_s"], metrics["cpu_step_s"],
@@ -169,6 +204,6 @@ def measure_interleaved(
     return runs
 
 
-def variant_key(row: dict) -> tuple[str, str, str]:
-    """The (algorithm, runner, label) of a run or summary row, as `Variant.key` gives it."""
-    return row["algorithm"], row["runner"], row["label"]
+def variant_key(row: dict) -> tuple[str, str, str, str]:
+    """The (algorithm, runner, label, config) of a run or summary row, as `Variant.key` gives it."""
+    return row["algorithm"], row["runner"], row["label"], row.get("config", "")

@@ -53,7 +53,7 @@ BATCH_SIZES = (4, 8, 16, 32)
 def versus_trl_suite(algorithms: list[str]) -> tuple[list[Variant], Reference]:
     """Each algorithm by our script and by TRL's; ours compared with TRL's."""
     variants = [Variant(algorithm, runner) for algorithm in algorithms for runner in (PREFOPT, TRL)]
-    return variants, lambda row: (row["algorithm"], TRL, BASELINE) if row["runner"] == PREFOPT else None
+    return variants, lambda row: (row["algorithm"], TRL, BASELINE, "") if row["runner"] == PREFOPT else None
 
 
 def settings_suite(algorithms: list[str]) -> tuple[list[Variant], Reference]:
@@ -66,7 +66,7 @@ def settings_suite(algorithms: list[str]) -> tuple[list[Variant], Reference]:
         variants.append(Variant(algorithm, label=SETTINGS_OFF, flags=all_off))
         for label, setting in settings.items():
             variants.append(Variant(algorithm, label=label, flags=all_off + setting.on, env=setting.env))
-    return variants, lambda row: (row["algorithm"], PREFOPT, SETTINGS_OFF)
+    return variants, lambda row: (row["algorithm"], PREFOPT, SETTINGS_OFF, "")
 
 
 def scaling_suite(algorithms: list[str]) -> tuple[list[Variant], Reference]:
@@ -82,7 +82,7 @@ def scaling_suite(algorithms: list[str]) -> tuple[list[Variant], Reference]:
         for algorithm in algorithms
         for batch, length in shapes
     ]
-    return variants, lambda row: ("dpo", PREFOPT, row["label"])
+    return variants, lambda row: ("dpo", PREFOPT, row["label"], "")
 
 
 TRAINING_SUITES = {"versus_trl": versus_trl_suite, "settings": settings_suite, "scaling": scaling_suite}

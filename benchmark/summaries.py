@@ -9,20 +9,31 @@ from benchmark.runs import Variant, variant_key
 # --- Summaries -------------------------------------------------------------------------------------------------------
 MEDIAN_METRICS = (
     "step_s", "cpu_step_s", "first_step_s", "tokens_per_step", "peak_rss_train_mib", "peak_rss_run_mib",
-    "peak_gpu_gib", "setup_s", "train_runtime_s", "wall_s", "before_training_s", "after_training_s",
+    "peak_gpu_gib", "setup_s", "train_runtime_s", "wall_s", "before_training_s", "after_training_s", "loss",
+    "grad_norm",
 )  # fmt: skip
+
+BATCH_FIELDS = ("micro_batch", "accumulation_steps", "effective_batch")  # the same in every run of a variant
 
 RATIO_METRICS = ("step_s", "cpu_step_s", "tokens_per_s", "peak_rss_train_mib", "peak_gpu_gib", "mfu", "wall_s")
 
 
 def summarise(variants: list[Variant], runs: list[dict]) -> list[dict]:
-    """Per variant, the median of each metric over its repeats; tokens/s and MFU follow from the median step time."""
+    """Per variant, the median of each metric over its repeats; tokens/s and MFU follow from the median step time.
+
+    A variant whose every run failed (out of memory) has a row with `failed` and no measurements.
+    """
     rows = []
     for variant in variants:
-        mine = [run for run in runs if variant_key(run) == variant.key]
-        if not mine:  # not measured yet, in the report of an unfinished benchmark
+        tried = [run for run in runs if variant_key(run) == variant.key]
+        if not tried:  # not measured yet, in the report of an unfinished benchmark
             continue
-        row = {**asdict(variant), "repeats": len(mine)}
+        mine = [run for run in tried if not run.get("failed")]
+        row = {**asdict(variant), "repeats": len(mine), "failed": None if mine else tried[0]["failed"]}
+        if not mine:
+            rows.append(row)
+            continue
+        row.update({field: mine[0].get(field) for field in BATCH_FIELDS})
         for metric in MEDIAN_METRICS:
             values = [run[metric] for run in mine if run.get(metric) is not None]
             row[metric] = statistics.median(values) if values else None
@@ -34,8 +45,8 @@ def summarise(variants: list[Variant], runs: list[dict]) -> list[dict]:
     return rows
 
 
-# A summary row -> the key (algorithm, runner, label) of the row it is compared with; None for no comparison.
-Reference = Callable[[dict], tuple[str, str, str] | None]
+# A summary row -> the key (algorithm, runner, label, config) of the row it is compared with; None for none.
+Reference = Callable[[dict], tuple[str, str, str, str] | None]
 
 
 def ratios(runs: list[dict], rows: list[dict], reference_of: Reference) -> list[dict]:
@@ -44,7 +55,7 @@ def ratios(runs: list[dict], rows: list[dict], reference_of: Reference) -> list[
     Each is the median over repeats of the ratio (or difference) within one repeat: the runs of a repeat are minutes
     apart, so that a drift in the machine's load between repeats cancels out.
     """
-    by_key = {(*variant_key(run), run["repeat"]): run for run in runs}
+    by_key = {(*variant_key(run), run["repeat"]): run for run in runs if not run.get("failed")}
     result = []
     for row in rows:
         reference_key = reference_of(row)
@@ -53,7 +64,9 @@ def ratios(runs: list[dict], rows: list[dict], reference_of: Reference) -> list[
         pairs = [
             (run, by_key[(*reference_key, run["repeat"])])
             for run in runs
-            if variant_key(run) == variant_key(row) and (*reference_key, run["repeat"]) in by_key
+            if variant_key(run) == variant_key(row)
+            and not run.get("failed")
+            and (*reference_key, run["repeat"]) in by_key
         ]
         if not pairs:
             continue
@@ -64,7 +77,8 @@ def ratios(runs: list[dict], rows: list[dict], reference_of: Reference) -> list[
                 "algorithm": row["algorithm"],
                 "runner": row["runner"],
                 "label": row["label"],
-                "reference": "/".join(reference_key),
+                "config": row["config"],
+                "reference": "/".join(filter(None, reference_key)),
                 **{metric: median_ratio(pairs, metric) for metric in RATIO_METRICS},
                 "extra_setup_s": extra_setup_s,
                 # Steps after which a setting that costs time up front (more than a step's) has paid it back.

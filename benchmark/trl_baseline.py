@@ -1,4 +1,4 @@
-"""TRL's side of the `versus_trl` suite: its own example scripts, run on our configs without our keys.
+"""TRL's side of the `versus_trl` and `recipes` suites: its own example scripts, run on our configs without our keys.
 
 TRL ships `trl/scripts/dpo.py` and `kto.py` (what `trl dpo` and `trl kto` launch) but no CPO script; `trl_simpo` is
 its dpo.py with `CPOTrainer` in place of `DPOTrainer`, and nothing of this repository.
@@ -48,9 +48,9 @@ def trl_simpo(arguments: list[str]) -> None:
     trainer.save_model(training_args.output_dir)
 
 
-def trl_config(algorithm: str, path: Path) -> Path:
-    """The algorithm's v1 config without the keys that only our scripts know (merge, images_dir, ...)."""
-    config = yaml.safe_load(training_config(f"{algorithm}_v1").read_text())
+def trl_config(name: str, path: Path) -> Path:
+    """The config `training_configs/<name>.yaml` without the keys that only our scripts know (merge, images_dir, ...)."""
+    config = yaml.safe_load(training_config(name).read_text())
     ours = {field.name for field in fields(RunArguments)}
     path.write_text(yaml.safe_dump({key: value for key, value in config.items() if key not in ours}))
     return path

@@ -18,7 +18,7 @@ def test_resume_measures_only_the_runs_an_interrupted_benchmark_lacks(monkeypatc
 
     def fake_measure(variant, run_dir, args):
         measured.append((variant.key, run_dir.name))
-        return {"step_s": 1.0, "cpu_step_s": 1.0, "wall_s": 1.0, "load_1min": 0.0}
+        return {"failed": None, "step_s": 1.0, "cpu_step_s": 1.0, "wall_s": 1.0, "load_1min": 0.0}
 
     monkeypatch.setattr(benchmark_runs, "measure_run", fake_measure)
     done = [{**asdict(variants[0]), "repeat": 0, "step_s": 2.0}]

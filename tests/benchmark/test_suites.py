@@ -66,7 +66,7 @@ def test_settings_apply_only_to_the_algorithms_that_have_them():
     assert ("simpo", "gradient_checkpointing") in labels
     for variant in variants:  # every setting is compared with its own algorithm's v1 config, which does not merge
         assert variant.flags[:2] == ("--merge", "false")
-        assert reference_of(asdict(variant)) == (variant.algorithm, PREFOPT, SETTINGS_OFF)
+        assert reference_of(asdict(variant)) == (variant.algorithm, PREFOPT, SETTINGS_OFF, "")
 
 
 def test_settings_are_measured_against_a_baseline_with_all_of_them_off_whatever_the_config_ships():
