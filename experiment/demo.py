@@ -2,11 +2,12 @@
 
 A toy version of the DPO paper's controlled-sentiment experiment (IMDb):
 
-1. synthetic movie reviews from a template grammar, some positive, some negative, some mixed;
+1. synthetic movie reviews from a template grammar (`experiment.review_grammar`), positive, negative or mixed;
 2. a byte-level BPE tokenizer trained on them, with a ChatML-like chat template;
-3. a tiny Llama pretrained on them, so that its samples are fluent reviews of either sentiment;
-4. preference pairs: two samples of the base model per prompt, the one with the higher gold reward
-   (`experiment.gold_reward`) is chosen, and a fraction of the train labels is flipped, as human labels are noisy.
+3. a tiny Llama pretrained on them, so that most of its samples are reviews of the grammar, of either sentiment;
+4. preference pairs binarised from six samples of the base model per prompt: the one with the highest gold reward
+   (`experiment.gold_reward`) is chosen, the lowest rejected, when they are at least 0.2 apart; a fraction of the
+   train labels is then flipped, as human labels are noisy.
 
 `python -m experiment.demo` builds whatever is missing under `models/demo-base` and `data/demo`.
 """
@@ -77,7 +78,7 @@ def build_demo_assets(
     num_train_pairs: int = 2000,
     num_test_pairs: int = 200,
     pretrain_steps: int = 300,
-    samples_per_prompt: int = 4,
+    samples_per_prompt: int = 6,
     min_margin: float = 0.2,
     label_noise: float = 0.1,
     force: bool = False,
@@ -93,7 +94,7 @@ def build_demo_assets(
         num_train_pairs: Pairs in `train.jsonl`, sampled from 85% of the prompts.
         num_test_pairs: Pairs in `test.jsonl`, sampled from the other 15%, so that the test prompts are held out.
         pretrain_steps: Optimizer steps of pretraining, each on a batch of reviews not seen before.
-        samples_per_prompt: Samples of the base model drawn for each pair; the best is chosen.
+        samples_per_prompt: Samples of the base model drawn for each pair; the best is chosen, the worst rejected.
         min_margin: Least gold-reward gap between chosen and rejected, before label noise.
         label_noise: Probability that a train pair's chosen and rejected are swapped. Test labels stay clean, so that
             held-out preference accuracy measures agreement with the gold reward.
@@ -271,8 +272,7 @@ def _build_preference_data(
     train_prompts, test_prompts = split_prompts(seed)
 
     torch.manual_seed(seed)
-    pick = _rng(seed, "rejected")
-    sampling = dict(samples_per_prompt=samples_per_prompt, min_margin=min_margin, rng=pick)
+    sampling = dict(samples_per_prompt=samples_per_prompt, min_margin=min_margin)
     train_pairs, train_margins, train_rewards = _sample_preference_pairs(
         model, tokenizer, train_prompts, num_train_pairs, **sampling
     )
@@ -330,14 +330,15 @@ def _sample_preference_pairs(
     *,
     samples_per_prompt: int,
     min_margin: float,
-    rng: random.Random,
 ) -> tuple[list[dict[str, str]], list[float], list[float]]:
     """`num_pairs` pairs over `prompts` in turn; their gold margins; and every sample's gold reward.
 
-    As UltraFeedback is binarised: `samples_per_prompt` samples of `model` for the prompt, the best by gold reward is
-    chosen, and the rejected is drawn at random from those at least `min_margin` below it. A prompt whose samples
-    leave no such pair (all alike, or none a review) is sampled again; so is a sample that is empty or does not start
-    with a space.
+    Binarised as UltraFeedback is, from `samples_per_prompt` samples of `model` for the prompt: the best by gold reward
+    is chosen; the rejected is the worst, as in SimPO's on-policy data, rather than UltraFeedback's random other one. A
+    random worse sample is more often a fluent review of the other sentiment, and pairs of two reviews teach
+    sentiment but not the grammar: trained on them, the three policies' samples broke the grammar more often than the
+    base's. A pair needs a gold margin of at least `min_margin`; a prompt whose samples leave none (all alike, or none a
+    review) is sampled again, and so is a sample that is empty or does not start with a space.
     """
     pairs: list[dict[str, str] | None] = [None] * num_pairs
     margins: list[float] = [0.0] * num_pairs
@@ -363,11 +364,10 @@ def _sample_preference_pairs(
                 if not scored:
                     continue
                 chosen, best = max(scored, key=lambda sample: sample[1])
-                worse = [(completion, reward) for completion, reward in scored if reward <= best - min_margin]
-                if worse:
-                    rejected, reward = rng.choice(worse)
+                rejected, worst = min(scored, key=lambda sample: sample[1])
+                if worst <= best - min_margin:
                     pairs[index] = {"prompt": batch_prompts[group.start], "chosen": chosen, "rejected": rejected}
-                    margins[index] = best - reward
+                    margins[index] = best - worst
     raise RuntimeError(
         f"{sum(pair is None for pair in pairs)} of {num_pairs} prompts still have no pair {min_margin} apart after "
         f"{_MAX_SAMPLING_ROUNDS} rounds of sampling: lower min_margin, or pretrain the base model for more steps"
@@ -433,7 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_train_pairs", type=int, help="pairs in train.jsonl")
     parser.add_argument("--num_test_pairs", type=int, help="pairs in test.jsonl")
     parser.add_argument("--pretrain_steps", type=int, help="pretraining steps of the base model")
-    parser.add_argument("--samples_per_prompt", type=int, help="base samples per pair; the best is chosen")
+    parser.add_argument(
+        "--samples_per_prompt", type=int, help="base samples per pair; the best is chosen, the worst rejected"
+    )
     parser.add_argument("--min_margin", type=float, help="least gold-reward gap between chosen and rejected")
     parser.add_argument("--label_noise", type=float, help="probability of flipping a train label")
     parser.add_argument("--force", action="store_true", help="rebuild the model and the data even if they exist")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from experiment.convergence import smooth, steps_to_stable_loss
 from experiment.commands import command_parser, log_progress
-from experiment.results import reward_name
+from experiment.results import by_algorithm, reward_name
 from prefopt.errors import exit_on_user_error
 from prefopt.plotting import pyplot, save_figure
 from prefopt.run_logs import epochs_at, logged, loss_curves, read_log_history
@@ -80,7 +80,7 @@ def reward_vs_kl_figure(results: dict | None, sweep: dict | None):
     """
     setup_and_base = results or sweep
     figure, axes = pyplot().subplots(figsize=(7, 5))
-    for algorithm, runs in _by_algorithm(sweep["runs"] if sweep else []).items():
+    for algorithm, runs in by_algorithm(sweep["runs"] if sweep else []).items():
         color = None
         for seed in dict.fromkeys(run["overrides"].get("seed") for run in runs):
             frontier = sorted(
@@ -135,13 +135,6 @@ def scored_with_reward(path: str | Path) -> dict | None:
     path = Path(path)
     results = json.loads(path.read_text()) if path.is_file() else None
     return results if results and reward_name(results["setup"]) else None
-
-
-def _by_algorithm(runs: list[dict]) -> dict[str, list[dict]]:
-    grouped: dict[str, list[dict]] = {}
-    for run in runs:
-        grouped.setdefault(run["algorithm"], []).append(run)
-    return grouped
 
 
 def _finish(figure):
