@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="training seeds of every grid point")
     parser.add_argument("--results", default="results/results.json", help="the default runs' evaluation, drawn too")
     parser.add_argument("--output", default="results/sweep.json", help="where the sweep's results are written")
-    parser.add_argument("--samples_per_prompt", type=int, default=8, help="samples per held-out prompt and model")
+    parser.add_argument("--samples_per_prompt", type=int, default=16, help="samples per held-out prompt and model")
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation's sampling")
     args, extra_args = parser.parse_known_args(argv)  # the rest goes to every training script
     log_progress()
