@@ -165,8 +165,8 @@ def _ablation_table(ablation: dict) -> str:
         "train log-prob of chosen start → end (nats/token)",
         "slope beta·sigmoid(gamma)",
         "first grad norm",
-        "held-out pref. accuracy",
-        "held-out margin",
+        "held-out length-normalised accuracy",
+        "held-out length-normalised margin (nats/token)",
     ]
     rows = []
     for run in ablation["runs"]:

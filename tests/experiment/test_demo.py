@@ -14,7 +14,7 @@ from experiment.gold_reward import gold_reward
 from experiment.review_grammar import is_review, synthetic_reviews
 from tests.conftest import read_jsonl
 
-TINY = dict(num_train_pairs=64, num_test_pairs=16, pretrain_steps=60)
+TINY = dict(num_train_pairs=64, num_test_pairs=16, pretrain_steps=150)  # fewer steps leave too few reviews to pair
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 DATA_FILES = ("train.jsonl", "test.jsonl", "metadata.json")
 
