@@ -169,7 +169,8 @@ def sample_completions(
             output = model.generate(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),
-                max_new_tokens=max_new_tokens,
+                # An explicit None would replace the generation config's limit with transformers' default max_length.
+                **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}),
             )
         for prompt, generated in zip(batch, output[:, width:].tolist()):
             end = next((i + 1 for i, token in enumerate(generated) if token in eos_ids), len(generated))

@@ -127,6 +127,7 @@ def test_model_against_itself_has_kl_zero_and_win_rate_one_half(demo_assets):
         str(demo_assets.data_dir),
         runs_dir=None,
         reward_fn="experiment.gold_reward:gold_reward",
+        fluency_fn="experiment.review_grammar:is_review",
         num_prompts=4,
         samples_per_prompt=2,
     )
@@ -240,7 +241,8 @@ def test_train_tokens_are_those_trl_counts(dpo_epoch, demo_assets):
 def test_cli_scores_a_trained_model_with_its_training_cost(dpo_epoch):
     _, results = dpo_epoch
     scores = results["models"]["dpo_test"]
-    assert set(scores) >= {"preference_accuracy", "logp_margin", "reward", "win_rate", "kl", "training"}
+    assert set(scores) >= {"implicit_reward_accuracy", "length_normalised_accuracy", "reward", "win_rate", "kl"}
+    assert "training" in scores and "fluency" not in scores  # no --fluency_fn
     assert scores["kl"]["mean"] != 0.0, "the trained model sampled what the base did"
     assert scores["training"]["peak_memory_mb"] > 0, "finish_run did not record the peak memory"
     assert scores["training"]["process_cpu_time_s"] > 0
@@ -254,7 +256,7 @@ def test_reward_model_ranks_held_out_chosen_above_rejected(tiny_reward_model, de
     chosen = reward_model_scores(model, tokenizer, prompts, [row["chosen"] for row in rows], batch_size=8)
     rejected = reward_model_scores(model, tokenizer, prompts, [row["rejected"] for row in rows])
     accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
-    assert accuracy >= 0.75  # chance is 0.5
+    assert accuracy >= 0.7  # 23 of 32 pairs or more: under 1% likely by chance
 
 
 def test_the_reward_column_comes_from_the_reward_model(tiny_reward_model, demo_assets, base):
