@@ -16,7 +16,7 @@ is then scored as `experiment.evaluate` scores them, with the demo's gold reward
 written to results/sweep.json, with:
 - `paper_beta`: per algorithm, the runs at its paper's beta (the v1 config's) over the seeds;
 - `matched_kl`: per algorithm, each seed's reward-KL frontier (its runs ordered by KL, linearly interpolated, never
-  extrapolated) read at common KL values, with the mean and standard deviation over the seeds.
+  extrapolated) read at common KL values, log-spaced, with the mean and standard deviation over the seeds.
 `experiment.figures` draws the frontiers.
 """
 
@@ -47,7 +47,7 @@ GRID: dict[str, list[dict[str, float]]] = {
     "simpo": [{"beta": 4.0, "simpo_gamma": 2.0}, {"beta": 2.0, "simpo_gamma": 1.0}, {"beta": 1.0, "simpo_gamma": 0.5}],
 }
 SEEDS = (42, 1, 2)  # 42 is the v1 configs' own
-MATCHED_KL_POINTS = 5  # KL values at which the frontiers are compared
+MATCHED_KL_POINTS = 7  # KL values at which the frontiers are compared
 
 
 def run_name(algorithm: str, overrides: dict[str, float]) -> str:
@@ -80,9 +80,9 @@ def matched_kl(runs: list[dict], num_points: int = MATCHED_KL_POINTS) -> dict:
     """Each algorithm's reward at common KL values: per seed, read off its runs' reward-KL frontier; over the seeds,
     the mean and standard deviation.
 
-    A seed's frontier is the polyline through its runs ordered by KL. The KL values are spaced evenly over the range
-    that every frontier covers; where the frontiers share none, over the whole range, and a cell then averages only
-    the seeds whose frontier reaches it (`num_seeds`).
+    A seed's frontier is the polyline through its runs ordered by KL. The KL values are spaced evenly on a log scale
+    over the range that every frontier covers; where the frontiers share none, over the whole range, and a cell then
+    averages only the seeds whose frontier reaches it (`num_seeds`).
     """
     frontiers: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for run in runs:
@@ -95,7 +95,11 @@ def matched_kl(runs: list[dict], num_points: int = MATCHED_KL_POINTS) -> dict:
     low, high = max(start for start, _ in spans), min(end for _, end in spans)
     if low >= high:
         low, high = min(start for start, _ in spans), max(end for _, end in spans)
-    kl_values = [low + (high - low) * index / (num_points - 1) for index in range(num_points)]
+    # Evenly on a log scale, where it can be: most runs sit at a few nats, the loosest ones at tens.
+    kl_values = [
+        low * (high / low) ** (index / (num_points - 1)) if low > 0 else low + (high - low) * index / (num_points - 1)
+        for index in range(num_points)
+    ]
     rewards = {}
     for algorithm, by_seed in frontiers.items():
         rewards[algorithm] = []

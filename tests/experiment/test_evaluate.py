@@ -119,6 +119,15 @@ def test_sample_logprobs_are_those_generate_sampled_with(base):
         assert counts[row] == len(completion)
 
 
+def test_samples_run_to_the_generation_configs_limit(base):
+    """Not to transformers' default max_length of 20 tokens, prompt included."""
+    tokenizer, model = base
+    samples = sample_completions(model, tokenizer, [tokenizer("The film was")["input_ids"]], 64, seed=0)
+    limit = model.generation_config.max_new_tokens
+    assert max(len(completion) for _, completion in samples) > 20 and limit > 20
+    assert all(len(completion) <= limit for _, completion in samples)
+
+
 def test_model_against_itself_has_kl_zero_and_win_rate_one_half(demo_assets):
     model = str(demo_assets.model_dir)
     results = evaluate_models(

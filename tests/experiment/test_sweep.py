@@ -1,6 +1,7 @@
 """The sweep's grid, and the frontiers it reads at matched KL."""
 
 import dataclasses
+import math
 
 import pytest
 import yaml
@@ -47,19 +48,21 @@ def test_frontiers_are_read_at_common_kl_within_their_spans():
         frontier_run("kto", 1, 0.0, 0.3), frontier_run("kto", 1, 20.0, 0.5),
     ]  # fmt: skip
     matched = matched_kl(runs, num_points=3)
-    assert matched["kl_values"] == [4.0, 12.0, 20.0]  # the span all three frontiers cover
-    dpo_at_4, dpo_at_12, _ = matched["reward"]["dpo"]
+    middle = math.sqrt(4.0 * 20.0)  # log-spaced over the span all three frontiers cover, 4 to 20
+    assert matched["kl_values"] == pytest.approx([4.0, middle, 20.0])
+    dpo_at_4, dpo_in_middle, _ = matched["reward"]["dpo"]
     assert dpo_at_4["by_seed"] == pytest.approx([0.44, 0.5])
-    assert dpo_at_12["by_seed"] == pytest.approx([0.6, 0.5 + 0.4 * 8 / 18])
-    assert dpo_at_12["mean"] == pytest.approx((0.6 + 0.5 + 0.4 * 8 / 18) / 2) and dpo_at_12["num_seeds"] == 2
-    assert [cell["mean"] for cell in matched["reward"]["kto"]] == pytest.approx([0.34, 0.42, 0.5])
+    in_middle = [0.4 + 0.2 * (middle - 2) / 10, 0.5 + 0.4 * (middle - 4) / 18]
+    assert dpo_in_middle["by_seed"] == pytest.approx(in_middle)
+    assert dpo_in_middle["mean"] == pytest.approx(sum(in_middle) / 2) and dpo_in_middle["num_seeds"] == 2
+    assert [cell["mean"] for cell in matched["reward"]["kto"]] == pytest.approx([0.34, 0.3 + 0.2 * middle / 20, 0.5])
     assert matched["reward"]["kto"][0]["stdev"] is None  # one seed: no spread
 
 
 def test_frontiers_that_share_no_kl_are_read_where_each_reaches():
     runs = [frontier_run("dpo", 1, 1.0, 0.4), frontier_run("dpo", 1, 2.0, 0.5),
             frontier_run("kto", 1, 3.0, 0.6), frontier_run("kto", 1, 4.0, 0.8)]  # fmt: skip
-    matched = matched_kl(runs, num_points=4)
-    assert matched["kl_values"] == [1.0, 2.0, 3.0, 4.0]
-    assert [cell["num_seeds"] for cell in matched["reward"]["dpo"]] == [1, 1, 0, 0]
-    assert [cell["mean"] for cell in matched["reward"]["kto"]] == [None, None, 0.6, 0.8]
+    matched = matched_kl(runs, num_points=3)
+    assert matched["kl_values"] == pytest.approx([1.0, 2.0, 4.0])  # log-spaced over the whole range
+    assert [cell["num_seeds"] for cell in matched["reward"]["dpo"]] == [1, 1, 0]
+    assert [cell["mean"] for cell in matched["reward"]["kto"]] == [None, None, 0.8]
