@@ -27,6 +27,7 @@ from experiment.evaluate import (
     win_outcomes,
 )
 from prefopt.errors import UserError
+from prefopt.run import RESOURCE_USAGE_FILE
 from prefopt.run_logs import read_log_history
 from tests.conftest import read_jsonl, run_command, run_script, training_args
 
@@ -248,14 +249,17 @@ def test_train_tokens_are_those_trl_counts(dpo_epoch, demo_assets):
 
 
 def test_cli_scores_a_trained_model_with_its_training_cost(dpo_epoch):
-    _, results = dpo_epoch
+    run_dir, results = dpo_epoch
     scores = results["models"]["dpo_test"]
     assert set(scores) >= {"implicit_reward_accuracy", "length_normalised_accuracy", "reward", "win_rate", "kl"}
     assert "training" in scores and "fluency" not in scores  # no --fluency_fn
     assert scores["kl"]["mean"] != 0.0, "the trained model sampled what the base did"
-    assert scores["training"]["peak_memory_mb"] > 0, "finish_run did not record the peak memory"
-    assert scores["training"]["process_cpu_time_s"] > 0
-    assert scores["training"]["steps"] == 16 and scores["training"]["train_runtime_s"] > 0
+    training = scores["training"]
+    usage = json.loads((run_dir / "outputs" / "dpo_test" / RESOURCE_USAGE_FILE).read_text())  # finish_run's record
+    assert training["peak_memory_mb"] == usage["peak_memory_bytes"] / 2**20
+    assert training["process_cpu_time_s"] == usage["cpu_time_s"]
+    assert training["steps"] == 16 and training["epochs"] == 1.0
+    assert training["tokens_per_second"] == pytest.approx(training["train_tokens"] / training["train_runtime_s"])
 
 
 def test_reward_model_ranks_held_out_chosen_above_rejected(tiny_reward_model, demo_assets):
