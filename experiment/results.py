@@ -12,6 +12,7 @@ numbers a run produced.
 import json
 import logging
 import statistics
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from experiment.commands import command_parser, log_progress
@@ -211,7 +212,7 @@ SEED_MEASURES = (
 )
 
 
-def by_algorithm(runs: list[dict], key=lambda run: run["algorithm"]) -> dict:
+def by_algorithm(runs: list[dict], key: Callable[[dict], Hashable] = lambda run: run["algorithm"]) -> dict:
     """`runs` grouped by `key`, in order of first appearance."""
     grouped: dict = {}
     for run in runs:
@@ -267,8 +268,9 @@ def _matched_kl_table(sweep: dict) -> str:
         rows.append(row)
     what = (
         "Each seed's frontier is the line through its three runs of the sweep below, ordered by KL; it is read at the "
-        "same KL values for every algorithm, spaced over the range all frontiers cover, never beyond a frontier's ends. "
-        "Each cell: mean reward over the seeds ± their standard deviation."
+        "same KL values for every algorithm, log-spaced over the range all frontiers cover, or the whole range when "
+        "they share none, never beyond a frontier's ends. Each cell: mean reward over the seeds whose frontier reaches "
+        "that KL ± their standard deviation."
     )
     header = ["algorithm", *(f"reward at KL {kl:.1f}" for kl in matched["kl_values"])]
     return "\n".join(["### The algorithms at matched KL", "", what, "", markdown_table(header, rows)])
