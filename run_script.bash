@@ -14,8 +14,8 @@ Usage:
 
   bash run_script.bash sweep [FLAGS...]
       The reward-KL frontier: python -m experiment.sweep (each algorithm over a small grid of beta, and SimPO's
-      gamma), then the figures and tables; about 5 min on 2 CPU cores. FLAGS go to experiment.sweep, e.g.
-      --algorithms dpo, or --grid seeds for the v1 configs at three training seeds (about 5 min too).
+      gamma, at training seeds 42, 1 and 2: 27 trainings), then the figures and tables. FLAGS go to
+      experiment.sweep, e.g. --algorithms dpo, or --seeds 42 for one seed (9 trainings).
 
   bash run_script.bash SCRIPT [CONFIG] [ACCELERATE_CONFIG] [-- FLAGS...]
       One run: SCRIPT is dpo, kto or simpo; CONFIG defaults to training_configs/SCRIPT_v1.yaml;
@@ -89,7 +89,7 @@ train simpo training_configs/simpo_trl_defaults.yaml "$accelerate_config" --over
 
 echo "run_script: evaluating the merged models on the held-out pairs"
 python -m experiment.evaluate models/dpo_v1 models/kto_v1 models/simpo_v1 models/simpo_trl_defaults \
-  --reward_fn experiment.gold_reward:gold_reward
+  --reward_fn experiment.gold_reward:gold_reward --fluency_fn experiment.review_grammar:is_review --samples_per_prompt 16
 python -m experiment.figures
 python -m experiment.ablation
 python -m experiment.results

@@ -77,8 +77,8 @@ def analyse_run(config_path: str | Path, results: dict | None) -> dict:
     merged = Path(config.get("merged_model_dir", Path("models") / Path(config["output_dir"]).name)).name
     evaluated = (results or {}).get("models", {}).get(merged)
     if evaluated:
-        run["heldout_preference_accuracy"] = evaluated["preference_accuracy"]
-        run["heldout_margin"] = evaluated["logp_margin"]
+        run["heldout_preference_accuracy"] = evaluated["length_normalised_accuracy"]
+        run["heldout_margin"] = evaluated["length_normalised_margin"]
     return run
 
 

@@ -2,11 +2,12 @@
 
 A toy version of the DPO paper's controlled-sentiment experiment (IMDb):
 
-1. synthetic movie reviews from a template grammar, some positive, some negative, some mixed;
+1. synthetic movie reviews from a template grammar (`experiment.review_grammar`), positive, negative or mixed;
 2. a byte-level BPE tokenizer trained on them, with a ChatML-like chat template;
-3. a tiny Llama pretrained on them, so that its samples are fluent reviews of either sentiment;
-4. preference pairs: two samples of the base model per prompt, the one with the higher gold reward
-   (`experiment.gold_reward`) is chosen, and a fraction of the train labels is flipped, as human labels are noisy.
+3. a tiny Llama pretrained on them, so that most of its samples are reviews of the grammar, of either sentiment;
+4. preference pairs binarised from six samples of the base model per prompt: the one with the highest gold reward
+   (`experiment.gold_reward`) is chosen, the lowest rejected, when they are at least 0.2 apart; a fraction of the
+   train labels is then flipped, as human labels are noisy.
 
 `python -m experiment.demo` builds whatever is missing under `models/demo-base` and `data/demo`.
 """
@@ -16,7 +17,7 @@ import inspect
 import json
 import logging
 import random
-import re
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,92 +38,10 @@ from transformers import (
 
 from experiment.commands import command_parser, log_progress
 from prefopt.atomic import atomic_directory
-from experiment.gold_reward import NEGATIVE_WORDS, POSITIVE_WORDS, gold_reward_batch
+from experiment.gold_reward import gold_reward_batch
+from experiment.review_grammar import PROMPTS, synthetic_reviews
 
 logger = logging.getLogger(__name__)
-
-# --- Review grammar -------------------------------------------------------------------------------------------------
-# A review is an opening (the prompt) and a continuation of one to three sentences. Each opening ends where one kind
-# of sentence head fits: an adjective phrase ("The film was" + " really witty."), a clause ("I watched this film last
-# night and" + " it felt dull."), or a verb ("The acting in this film" + " seemed superb and moving.").
-_OPENINGS_BY_HEAD: dict[str, tuple[str, ...]] = {
-    "{phrase}.": (
-        "The {subject} was",
-        "Overall, the {subject} was",
-        "Honestly, this {subject} was",
-        "I thought the {subject} was",
-        "My friends said the {subject} was",
-        "To be fair, the {subject} is",
-        "For me, this {subject} felt",
-        "The ending of the {subject} was",
-        "The story of this {subject} is",
-    ),
-    "{clause} {phrase}.": (
-        "I watched this {subject} last night and",
-        "We saw the {subject} on Friday and",
-        "After the first ten minutes of the {subject},",
-        "I went into this {subject} with no expectations and",
-        "My sister picked this {subject}, and",
-        "I rented the {subject} for the weekend and",
-        "By the end of the {subject},",
-        "Having seen every {subject} by this director,",
-        "We streamed the {subject} at home and",
-    ),
-    "{verb} {phrase}.": (
-        "The acting in this {subject}",
-        "The dialogue in the {subject}",
-        "The plot of this {subject}",
-        "Every scene in the {subject}",
-        "The cast of the {subject}",
-        "The music in this {subject}",
-        "The pacing of the {subject}",
-        "The main character in the {subject}",
-        "The second half of the {subject}",
-    ),
-}
-_SUBJECTS = (
-    "movie", "film", "sequel", "remake", "comedy", "thriller", "drama", "documentary", "western", "musical", "series",
-)  # fmt: skip
-# Every prompt (an opening with its subject filled in) and the template of the sentence that continues it.
-_PROMPTS: list[tuple[str, str]] = [
-    (opening.format(subject=subject), head)
-    for head, openings in _OPENINGS_BY_HEAD.items()
-    for opening in openings
-    for subject in _SUBJECTS
-]
-# Sentences after the head; each has one sentiment, drawn per sentence from the review's tone.
-_TAILS = (
-    "The {aspect} {verb} {phrase}.",
-    "I thought the {aspect} was {phrase}.",
-    "Some of the scenes were {phrase}.",
-    "Overall it was {a_adjective} {outing}.",
-    "My {person} found it {phrase}.",
-    "It is {a_adjective} {outing} for the whole family.",
-)
-_PHRASES = ("{adjective}", "{adverb} {adjective}", "{adjective} and {adjective}")
-# Neutral adjectives dilute the sentiment words, so that rewards vary within a tone.
-_NEUTRAL_WORDS = (
-    "long", "quiet", "simple", "familiar", "loud", "serious", "short", "colorful", "unusual", "dark", "modern",
-    "plain", "strange", "gentle", "fast",
-)  # fmt: skip
-_NEUTRAL_PROBABILITY = 0.2
-# fmt: off
-_SLOT_WORDS: dict[str, tuple[str, ...]] = {
-    "clause": ("it was", "it felt", "I found it", "the whole thing was", "it turned out", "honestly it was"),
-    "verb": ("was", "felt", "seemed", "is", "looked"),
-    "adverb": ("very", "really", "quite", "truly", "rather", "so", "pretty", "incredibly"),
-    "aspect": (
-        "acting", "script", "soundtrack", "ending", "plot", "dialogue", "camera work", "pacing", "cast", "humor",
-        "story", "direction", "lead actor", "score",
-    ),
-    "person": ("friend", "wife", "husband", "brother", "sister", "roommate", "dad", "mom"),
-    "outing": ("watch", "evening", "experience", "story", "ride", "night out"),
-}
-# fmt: on
-# Probability that a sentence is positive, for a positive, a negative and a mixed review; uniform over the three
-# keeps the base model's samples balanced between sentiments.
-_TONES = (0.9, 0.1, 0.5)
-_SLOT = re.compile(r"\{(\w+)\}")
 
 # --- Tokenizer and model --------------------------------------------------------------------------------------------
 _BOS, _EOS, _PAD, _UNK = "<s>", "</s>", "<pad>", "<unk>"
@@ -144,8 +63,8 @@ _MAX_THREADS = 4  # a model this small gains nothing from more
 # --- Preference pairs -----------------------------------------------------------------------------------------------
 _TEST_PROMPT_FRACTION = 0.15
 _MAX_NEW_TOKENS = 32  # room for the longest continuation of the grammar (28 tokens) and its EOS
-_SAMPLING_BATCH_SIZE = 256  # prompts per `generate` call, two samples each
-_MAX_SAMPLING_ROUNDS = 50  # a pair whose two samples tie is resampled, at most this many times
+_SAMPLING_BATCH_SIZE = 512  # samples per `generate` call
+_MAX_SAMPLING_ROUNDS = 50  # a prompt whose samples leave no pair is resampled, at most this many times
 
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 _DATA_FILES = ("train.jsonl", "test.jsonl")
@@ -159,6 +78,8 @@ def build_demo_assets(
     num_train_pairs: int = 2000,
     num_test_pairs: int = 200,
     pretrain_steps: int = 300,
+    samples_per_prompt: int = 6,
+    min_margin: float = 0.2,
     label_noise: float = 0.1,
     force: bool = False,
 ) -> None:
@@ -173,12 +94,14 @@ def build_demo_assets(
         num_train_pairs: Pairs in `train.jsonl`, sampled from 85% of the prompts.
         num_test_pairs: Pairs in `test.jsonl`, sampled from the other 15%, so that the test prompts are held out.
         pretrain_steps: Optimizer steps of pretraining, each on a batch of reviews not seen before.
+        samples_per_prompt: Samples of the base model drawn for each pair; the best is chosen, the worst rejected.
+        min_margin: Least gold-reward gap between chosen and rejected, before label noise.
         label_noise: Probability that a train pair's chosen and rejected are swapped. Test labels stay clean, so that
             held-out preference accuracy measures agreement with the gold reward.
         force: Rebuild even what exists.
     """
-    if min(num_train_pairs, num_test_pairs, pretrain_steps) < 1:
-        raise ValueError("num_train_pairs, num_test_pairs and pretrain_steps must be at least 1")
+    if min(num_train_pairs, num_test_pairs, pretrain_steps) < 1 or samples_per_prompt < 2:
+        raise ValueError("num_train_pairs, num_test_pairs, pretrain_steps must be at least 1, samples_per_prompt 2")
     if not 0.0 <= label_noise <= 1.0:
         raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
     model_dir, data_dir = Path(model_dir), Path(data_dir)
@@ -201,19 +124,15 @@ def build_demo_assets(
             seed=seed,
             num_train_pairs=num_train_pairs,
             num_test_pairs=num_test_pairs,
+            samples_per_prompt=samples_per_prompt,
+            min_margin=min_margin,
             label_noise=label_noise,
         )
 
 
-def synthetic_reviews(num_reviews: int, seed: int) -> list[str]:
-    """`num_reviews` reviews of the demo grammar (opening and continuation), over all openings."""
-    rng = _rng(seed, "reviews")
-    return [prompt + _continuation(head, rng) for prompt, head in (rng.choice(_PROMPTS) for _ in range(num_reviews))]
-
-
 def split_prompts(seed: int) -> tuple[list[str], list[str]]:
     """All review openings, split into train and held-out test prompts (about 85% and 15%)."""
-    prompts = [prompt for prompt, _ in _PROMPTS]
+    prompts = [prompt for prompt, _ in PROMPTS]
     _rng(seed, "split").shuffle(prompts)
     num_test = round(_TEST_PROMPT_FRACTION * len(prompts))
     return prompts[num_test:], prompts[:num_test]
@@ -223,31 +142,6 @@ def document_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, re
     """Mean next-token loss (nats) of `model` on `reviews` as `<bos>review<eos>` documents."""
     with torch.no_grad():
         return model(**_document_batch(tokenizer, reviews)).loss.item()
-
-
-# --- Review grammar -------------------------------------------------------------------------------------------------
-def _continuation(head: str, rng: random.Random) -> str:
-    """A head sentence then one or two tail sentences, each with a sentiment drawn from one tone for the review."""
-    positive_probability = rng.choice(_TONES)
-    sentences = [head, *rng.sample(_TAILS, rng.choice((1, 2)))]
-    return "".join(" " + _expand(sentence, rng.random() < positive_probability, rng) for sentence in sentences)
-
-
-def _expand(template: str, positive: bool, rng: random.Random) -> str:
-    """Fill each `{slot}` of `template`; adjectives are sentiment words of the given polarity, or neutral."""
-
-    def fill(slot: re.Match) -> str:
-        name = slot.group(1)
-        if name == "phrase":
-            return _expand(rng.choice(_PHRASES), positive, rng)
-        if name in ("adjective", "a_adjective"):
-            sentiment_words = POSITIVE_WORDS if positive else NEGATIVE_WORDS
-            adjective = rng.choice(_NEUTRAL_WORDS if rng.random() < _NEUTRAL_PROBABILITY else sentiment_words)
-            article = "an" if adjective[0] in "aeiou" else "a"
-            return f"{article} {adjective}" if name == "a_adjective" else adjective
-        return rng.choice(_SLOT_WORDS[name])
-
-    return _SLOT.sub(fill, template)
 
 
 def _rng(seed: int, purpose: str) -> random.Random:
@@ -361,7 +255,15 @@ def _document_batch(tokenizer: PreTrainedTokenizerFast, reviews: list[str]) -> d
 
 # --- Preference pairs -----------------------------------------------------------------------------------------------
 def _build_preference_data(
-    model_dir: Path, data_dir: Path, *, seed: int, num_train_pairs: int, num_test_pairs: int, label_noise: float
+    model_dir: Path,
+    data_dir: Path,
+    *,
+    seed: int,
+    num_train_pairs: int,
+    num_test_pairs: int,
+    samples_per_prompt: int,
+    min_margin: float,
+    label_noise: float,
 ) -> None:
     """Sample and label the train and test pairs with the base model in `model_dir`; write them to `data_dir`."""
     start = time.perf_counter()
@@ -370,8 +272,13 @@ def _build_preference_data(
     train_prompts, test_prompts = split_prompts(seed)
 
     torch.manual_seed(seed)
-    train_pairs, train_rewards = _sample_preference_pairs(model, tokenizer, train_prompts, num_train_pairs)
-    test_pairs, test_rewards = _sample_preference_pairs(model, tokenizer, test_prompts, num_test_pairs)
+    sampling = dict(samples_per_prompt=samples_per_prompt, min_margin=min_margin)
+    train_pairs, train_margins, train_rewards = _sample_preference_pairs(
+        model, tokenizer, train_prompts, num_train_pairs, **sampling
+    )
+    test_pairs, test_margins, test_rewards = _sample_preference_pairs(
+        model, tokenizer, test_prompts, num_test_pairs, **sampling
+    )
     num_flipped = _flip_labels(train_pairs, label_noise, _rng(seed, "label-noise"))
 
     base_rewards = train_rewards + test_rewards
@@ -381,13 +288,18 @@ def _build_preference_data(
         "num_test_pairs": num_test_pairs,
         "num_train_prompts": len(train_prompts),
         "num_test_prompts": len(test_prompts),
+        "samples_per_prompt": samples_per_prompt,
+        "min_margin": min_margin,
         "label_noise": label_noise,
         "train_chosen_better_fraction": 1 - num_flipped / num_train_pairs,
         "test_chosen_better_fraction": 1.0,
+        "train_margin": _distribution(train_margins),
+        "test_margin": _distribution(test_margins),
         "num_base_samples": len(base_rewards),
         "base_mean_gold_reward": sum(base_rewards) / len(base_rewards),
+        "base_fluent_fraction": sum(reward > 0 for reward in base_rewards) / len(base_rewards),
         "base_positive_fraction": sum(reward > 0.5 for reward in base_rewards) / len(base_rewards),
-        "base_negative_fraction": sum(reward < 0.5 for reward in base_rewards) / len(base_rewards),
+        "base_negative_fraction": sum(0 < reward < 0.5 for reward in base_rewards) / len(base_rewards),
         "sampling": {
             "temperature": model.generation_config.temperature,
             "max_new_tokens": model.generation_config.max_new_tokens,
@@ -398,51 +310,84 @@ def _build_preference_data(
         for name, pairs in (("train.jsonl", train_pairs), ("test.jsonl", test_pairs)):
             (staging_dir / name).write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
     logger.info(
-        "demo: sampled %d train and %d test pairs (base samples: mean gold reward %.2f, %.0f%% positive) "
-        "in %.1fs -> %s",
+        "demo: sampled %d train and %d test pairs, median gold margin %.2f (base samples: %.0f%% reviews of the "
+        "grammar, mean gold reward %.2f) in %.1fs -> %s",
         num_train_pairs,
         num_test_pairs,
+        metadata["train_margin"]["median"],
+        100 * metadata["base_fluent_fraction"],
         metadata["base_mean_gold_reward"],
-        100 * metadata["base_positive_fraction"],
         time.perf_counter() - start,
         data_dir,
     )
 
 
 def _sample_preference_pairs(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str], num_pairs: int
-) -> tuple[list[dict[str, str]], list[float]]:
-    """`num_pairs` pairs over `prompts` in turn, chosen having the higher gold reward; also every sample's reward.
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: list[str],
+    num_pairs: int,
+    *,
+    samples_per_prompt: int,
+    min_margin: float,
+) -> tuple[list[dict[str, str]], list[float], list[float]]:
+    """`num_pairs` pairs over `prompts` in turn; their gold margins; and every sample's gold reward.
 
-    Both completions of a pair are samples of `model` for the same prompt. A pair is resampled when they tie (as
-    identical samples do) or when one is empty or does not start with a space.
+    Binarised as UltraFeedback is, from `samples_per_prompt` samples of `model` for the prompt: the best by gold reward
+    is chosen; the rejected is the worst, as in SimPO's on-policy data, rather than UltraFeedback's random other one.
+    Measured at the v1 configs' learning rate (one seed, four samples per prompt): with a random worse rejected, KTO's
+    and SimPO's samples were less often reviews than the base's; with pairs of two reviews, almost none of the three
+    policies' samples were. A pair needs a gold margin of at least `min_margin`; a prompt whose samples leave none (all
+    alike, or none a review) is sampled again, and so is a sample that is empty or does not start with a space.
     """
     pairs: list[dict[str, str] | None] = [None] * num_pairs
+    margins: list[float] = [0.0] * num_pairs
     rewards: list[float] = []
+    prompts_per_batch = max(1, _SAMPLING_BATCH_SIZE // samples_per_prompt)
     for _ in range(_MAX_SAMPLING_ROUNDS):
         pending = [index for index, pair in enumerate(pairs) if pair is None]
         if not pending:
-            return pairs, rewards
-        for batch_start in range(0, len(pending), _SAMPLING_BATCH_SIZE):
-            indices = pending[batch_start : batch_start + _SAMPLING_BATCH_SIZE]
-            batch_prompts = [prompts[index % len(prompts)] for index in indices]
-            completions = _sample_completions(model, tokenizer, batch_prompts * 2)
-            completion_rewards = gold_reward_batch(
-                prompt + completion for prompt, completion in zip(batch_prompts * 2, completions)
-            )
+            return pairs, margins, rewards
+        for batch_start in range(0, len(pending), prompts_per_batch):
+            indices = pending[batch_start : batch_start + prompts_per_batch]
+            batch_prompts = [prompts[index % len(prompts)] for index in indices for _ in range(samples_per_prompt)]
+            completions = _sample_completions(model, tokenizer, batch_prompts)
+            completion_rewards = gold_reward_batch(map(str.__add__, batch_prompts, completions))
             rewards += completion_rewards
-            # The first half of the samples holds each prompt's first completion, the second half its second.
-            scored = list(zip(completions, completion_rewards))
-            firsts, seconds = scored[: len(indices)], scored[len(indices) :]
-            for index, prompt, first, second in zip(indices, batch_prompts, firsts, seconds):
-                ranked = sorted((first, second), key=lambda sample: sample[1], reverse=True)
-                (chosen, chosen_reward), (rejected, rejected_reward) = ranked
-                if chosen_reward > rejected_reward and _is_continuation(chosen) and _is_continuation(rejected):
-                    pairs[index] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+            for position, index in enumerate(indices):
+                group = slice(position * samples_per_prompt, (position + 1) * samples_per_prompt)
+                scored = [
+                    (completion, reward)
+                    for completion, reward in zip(completions[group], completion_rewards[group])
+                    if _is_continuation(completion)
+                ]
+                if not scored:
+                    continue
+                chosen, best = max(scored, key=lambda sample: sample[1])
+                rejected, worst = min(scored, key=lambda sample: sample[1])
+                if worst <= best - min_margin:
+                    pairs[index] = {"prompt": batch_prompts[group.start], "chosen": chosen, "rejected": rejected}
+                    margins[index] = best - worst
     raise RuntimeError(
-        f"{sum(pair is None for pair in pairs)} of {num_pairs} pairs still tie after {_MAX_SAMPLING_ROUNDS} rounds "
-        "of sampling: the base model's samples barely vary in sentiment; pretrain it for more steps"
+        f"{sum(pair is None for pair in pairs)} of {num_pairs} prompts still have no pair {min_margin} apart after "
+        f"{_MAX_SAMPLING_ROUNDS} rounds of sampling: lower min_margin, or pretrain the base model for more steps"
     )
+
+
+def _distribution(values: list[float]) -> dict[str, float]:
+    """Mean, extremes and quartiles (with the 10th and 90th percentiles) of `values`."""
+    ordered = sorted(values)
+    quantiles = statistics.quantiles(ordered, n=20, method="inclusive")
+    return {
+        "mean": statistics.fmean(ordered),
+        "min": ordered[0],
+        "p10": quantiles[1],
+        "p25": statistics.quantiles(ordered, n=4, method="inclusive")[0],
+        "median": statistics.median(ordered),
+        "p75": statistics.quantiles(ordered, n=4, method="inclusive")[2],
+        "p90": quantiles[17],
+        "max": ordered[-1],
+    }
 
 
 def _sample_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> list[str]:
@@ -488,6 +433,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_train_pairs", type=int, help="pairs in train.jsonl")
     parser.add_argument("--num_test_pairs", type=int, help="pairs in test.jsonl")
     parser.add_argument("--pretrain_steps", type=int, help="pretraining steps of the base model")
+    parser.add_argument(
+        "--samples_per_prompt", type=int, help="base samples per pair; the best is chosen, the worst rejected"
+    )
+    parser.add_argument("--min_margin", type=float, help="least gold-reward gap between chosen and rejected")
     parser.add_argument("--label_noise", type=float, help="probability of flipping a train label")
     parser.add_argument("--force", action="store_true", help="rebuild the model and the data even if they exist")
     # The defaults are those of `build_demo_assets`, so that they are written down once.

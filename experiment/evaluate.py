@@ -3,20 +3,30 @@
     python -m experiment.evaluate --reward_fn experiment.gold_reward:gold_reward    # the demo: every model in models/
     python -m experiment.evaluate models/dpo_v1 models/kto_v1 --base_model models/demo-base --dataset data/demo
     python -m experiment.evaluate models/my_dpo --base_model my-org/base --dataset my_pairs.jsonl --split train
+    python -m experiment.evaluate models/a models/b --base_model B --dataset D --reward_model my-org/reward-model
 
 For each model, and for the base model where it applies:
-- preference accuracy on the held-out pairs: how often the chosen response gets the higher per-token log-probability
-  than the rejected one (ties count half), and the mean per-token log-probability margin;
-- with `--reward_fn module:function` (a function text -> float; the demo's is `experiment.gold_reward:gold_reward`):
-  samples for the held-out prompts, drawn with the model's generation config from a fixed seed, scored by the
-  reward; their win rate against the base model's samples for the same prompts (ties count half); and the KL
-  divergence from the base, estimated on the policy's own samples as the mean of log pi(y|x) - log pi_base(y|x);
+- two preference accuracies on the held-out pairs, how often the chosen response scores above the rejected one (ties
+  count half), each with its mean margin:
+  - implicit-reward accuracy: the score is log pi(y|x) - log pi_base(y|x), summed over the response's tokens, the
+    implicit reward that DPO and KTO optimise (up to their beta). The base model scores 0 on every response: all its
+    pairs tie, and its accuracy is exactly 0.5;
+  - length-normalised accuracy: the score is the mean per-token log pi(y|x), what SimPO optimises;
+- with a reward, samples for the held-out prompts, drawn with the model's generation config from a fixed seed and
+  scored by it; their win rate against the base model's samples for the same prompts (ties count half); and the KL
+  divergence from the base, estimated on the policy's own samples as the mean of log pi(y|x) - log pi_base(y|x).
+  The reward is either `--reward_fn module:function` (a function text -> float; the demo's is
+  `experiment.gold_reward:gold_reward`), which sees the prompt followed by the completion as text without special
+  tokens; or `--reward_model`, a sequence-classification reward model (a directory or a hub id) that scores the
+  prompt and completion as a conversation rendered with its own tokenizer's chat template, in batches, on the GPU
+  when there is one;
+- with `--fluency_fn module:function` (text -> bool; the demo's is `experiment.review_grammar:is_review`), the share
+  of samples that ended (EOS before the token limit) and that the function accepts;
 - the training cost, from the run's output_dir (`<runs_dir>/<model name>`, the scripts' default): train time, train
   tokens per second, the training process's CPU time (which, unlike wall time, a shared machine barely changes)
   and peak memory, and the step from which the smoothed loss is stable (`steps_to_stable_loss`).
 
-The reward function sees the prompt followed by the completion, as text without special tokens. Means come with
-their standard error over examples. Everything is written to one JSON file (results/results.json).
+Means come with their standard error over examples. Everything is written to one JSON file (results/results.json).
 """
 
 import importlib
@@ -31,7 +41,8 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import PartialState
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, ScriptArguments
 from trl.data_utils import maybe_extract_prompt
 
@@ -98,15 +109,35 @@ def completion_logprobs(
     return torch.cat(sums), torch.cat(counts)
 
 
-def preference_outcomes(
+def outcomes(margins: torch.Tensor) -> list[float]:
+    """Per pair: 1 where the margin (chosen minus rejected) is positive, 0 where negative, 0.5 on a tie."""
+    return ((margins > 0).float() + 0.5 * (margins == 0).float()).tolist()
+
+
+def pair_logprobs(
     model: PreTrainedModel, pairs: Sequence[tuple[PromptCompletion, PromptCompletion]]
-) -> tuple[list, list]:
-    """Per pair (chosen, rejected): 1 if chosen has the higher per-token log-probability, 0 if lower, 0.5 on a tie;
-    and the per-token log-probability margin, chosen minus rejected."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities and token counts of each pair's chosen and rejected completion, shaped (pairs, 2)."""
     logps, counts = completion_logprobs(model, [sequence for pair in pairs for sequence in pair])
-    per_token = (logps / counts.clamp(min=1)).view(-1, 2)
-    margins = per_token[:, 0] - per_token[:, 1]
-    return ((margins > 0).float() + 0.5 * (margins == 0).float()).tolist(), margins.tolist()
+    return logps.view(-1, 2), counts.view(-1, 2)
+
+
+def preference_scores(logps: torch.Tensor, counts: torch.Tensor, base_logps: torch.Tensor) -> dict:
+    """Both held-out preference accuracies, with their margins, from `pair_logprobs` of a model and of the base.
+
+    The implicit reward is the summed log-ratio to the base (DPO's and KTO's, without beta); the length-normalised
+    score is the mean per-token log-probability (SimPO's, without beta).
+    """
+    implicit_rewards = logps - base_logps
+    implicit_margins = implicit_rewards[:, 0] - implicit_rewards[:, 1]
+    per_token = logps / counts.clamp(min=1)
+    per_token_margins = per_token[:, 0] - per_token[:, 1]
+    return {
+        "implicit_reward_accuracy": mean_stderr(outcomes(implicit_margins)),
+        "implicit_reward_margin": mean_stderr(implicit_margins.tolist()),
+        "length_normalised_accuracy": mean_stderr(outcomes(per_token_margins)),
+        "length_normalised_margin": mean_stderr(per_token_margins.tolist()),
+    }
 
 
 # --- Samples --------------------------------------------------------------------------------------------------------
@@ -117,14 +148,14 @@ def sample_completions(
     samples_per_prompt: int,
     seed: int,
     batch_size: int = 256,
+    max_new_tokens: int | None = None,
 ) -> list[PromptCompletion]:
     """`samples_per_prompt` completions of each prompt (token ids, EOS included when generated), grouped by prompt.
 
-    Drawn with the model's generation config from `seed`: models evaluated with the same seed draw from the same
-    random numbers, so that the comparison with the base model's samples is paired.
+    Drawn with the model's generation config from `seed`, up to `max_new_tokens` tokens if given: models evaluated with
+    the same seed draw from the same random numbers, so that the comparison with the base model's samples is paired.
     """
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
+    eos_ids = eos_token_ids(model)
     pad_id = tokenizer.pad_token_id
     requests = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     samples = []
@@ -136,12 +167,21 @@ def sample_completions(
         attention_mask = torch.tensor([[0] * (width - len(prompt)) + [1] * len(prompt) for prompt in batch])
         with torch.no_grad():
             output = model.generate(
-                input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                # An explicit None would replace the generation config's limit with transformers' default max_length.
+                **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}),
             )
         for prompt, generated in zip(batch, output[:, width:].tolist()):
             end = next((i + 1 for i, token in enumerate(generated) if token in eos_ids), len(generated))
             samples.append((prompt, generated[:end]))
     return samples
+
+
+def eos_token_ids(model: PreTrainedModel) -> set[int]:
+    """The tokens that end a sample under the model's generation config."""
+    eos_ids = model.generation_config.eos_token_id
+    return set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
 
 
 def distinct_fraction(completion: Sequence[int]) -> float:
@@ -154,16 +194,70 @@ def win_outcomes(rewards: Sequence[float], base_rewards: Sequence[float]) -> lis
     return [1.0 if reward > base else 0.5 if reward == base else 0.0 for reward, base in zip(rewards, base_rewards)]
 
 
-def load_reward_fn(spec: str) -> Callable[[str], float]:
-    """`module:function` -> the function, e.g. `experiment.gold_reward:gold_reward`."""
+def load_function(spec: str, flag: str) -> Callable:
+    """`module:function` -> the function, e.g. `experiment.gold_reward:gold_reward`; `flag` names it in errors."""
     module_name, _, function_name = spec.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise UserError(f"--reward_fn: cannot load '{spec}' (expected module:function): {error}") from None
+        raise UserError(f"{flag}: cannot load '{spec}' (expected module:function): {error}") from None
     if not callable(function):
-        raise UserError(f"--reward_fn: '{spec}' is not a function")
+        raise UserError(f"{flag}: '{spec}' is not a function")
     return function
+
+
+# --- Reward model ---------------------------------------------------------------------------------------------------
+def load_reward_model(name_or_path: str, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence-classification reward model with one output (the reward), and its own tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype="auto").to(device).eval()
+    if model.config.num_labels != 1:
+        raise UserError(
+            f"--reward_model: '{name_or_path}' has {model.config.num_labels} labels; a reward model has one output"
+        )
+    if tokenizer.pad_token is None:  # as TRL's RewardTrainer pads
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def reward_model_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str | list],
+    completions: Sequence[str],
+    batch_size: int = 32,
+) -> list[float]:
+    """The reward model's score of each prompt and completion, tokenized as TRL's RewardTrainer tokenizes its data.
+
+    With a chat template the pair is a conversation (a string prompt becomes the user's message, the completion the
+    assistant's); without one, the text prompt + completion + EOS.
+    """
+    if tokenizer.chat_template:
+        sequences = [
+            tokenizer.apply_chat_template(
+                (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
+                + [{"role": "assistant", "content": completion}],
+                tokenize=True,
+                return_dict=False,
+            )
+            for prompt, completion in zip(prompts, completions)
+        ]
+    else:
+        if any(isinstance(prompt, list) for prompt in prompts):
+            raise UserError(
+                "--reward_model: conversational prompts need a reward model whose tokenizer has a chat template"
+            )
+        sequences = [
+            tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
+            for prompt, completion in zip(prompts, completions)
+        ]
+    scores = []
+    for start in range(0, len(sequences), batch_size):
+        batch = tokenizer.pad({"input_ids": sequences[start : start + batch_size]}, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**batch.to(model.device)).logits
+        scores += logits[:, 0].float().tolist()
+    return scores
 
 
 def mean_stderr(values: Sequence[float]) -> dict[str, float]:
@@ -213,22 +307,25 @@ def training_cost(run_dir: str | Path, tokens_per_epoch: int) -> dict:
 
 
 # --- Evaluation -----------------------------------------------------------------------------------------------------
-def load_pairs(
-    tokenizer: PreTrainedTokenizerBase, dataset: str, split: str
-) -> list[tuple[PromptCompletion, PromptCompletion]]:
-    """The token ids of each (chosen, rejected) pair of `dataset`'s `split`, as the trainers tokenize them."""
+# Rewards of samples (prompt and completion token ids), given their texts as the policy's tokenizer decodes them.
+RewardOfSamples = Callable[[Sequence[PromptCompletion], list[str]], list[float]]
+
+
+def load_rows(dataset: str, split: str) -> Dataset:
+    """`dataset`'s `split`, checked, with an implicit prompt made explicit."""
     splits = load_preference_dataset(ScriptArguments(dataset_name=dataset, dataset_train_split=split))
     if split not in splits:
         raise UserError(f"{dataset}: no split '{split}' (splits: {', '.join(splits)})")
     rows = splits[split]
     check_columns(rows, f"{dataset} [{split}]")
-    return [
-        (
-            tokenize_pair(tokenizer, row["prompt"], row["chosen"]),
-            tokenize_pair(tokenizer, row["prompt"], row["rejected"]),
-        )
-        for row in rows.map(maybe_extract_prompt)
-    ]
+    return rows.map(maybe_extract_prompt)
+
+
+def load_pairs(
+    tokenizer: PreTrainedTokenizerBase, dataset: str, split: str
+) -> list[tuple[PromptCompletion, PromptCompletion]]:
+    """The token ids of each (chosen, rejected) pair of `dataset`'s `split`, as the trainers tokenize them."""
+    return [_tokenize_row(tokenizer, row) for row in load_rows(dataset, split)]
 
 
 def evaluate_models(
@@ -239,25 +336,37 @@ def evaluate_models(
     train_split: str = "train",
     runs_dir: str | Path | None = "outputs",
     reward_fn: str | None = None,
+    reward_model: str | None = None,
+    fluency_fn: str | None = None,
     num_prompts: int | None = None,
     samples_per_prompt: int = 8,
+    max_new_tokens: int | None = None,
     seed: int = 0,
 ) -> dict:
     """Score the base model and each of `model_paths` on `dataset`'s `split`; the results as results.json holds them.
 
-    The training cost of a model is read from `<runs_dir>/<model directory name>` when that holds a run.
+    Samples are drawn only with a reward, `reward_fn` or `reward_model`. The training cost of a model is read from
+    `<runs_dir>/<model directory name>` when that holds a run.
     """
+    if reward_fn and reward_model:
+        raise UserError("pass --reward_fn or --reward_model, not both")
     start = time.perf_counter()
     device = PartialState().device
     # The tokenizer the first model was trained with: it carries the chat template that training used, if any.
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(model_paths[0])))
-    pairs = load_pairs(tokenizer, dataset, split)
-    # Held-out prompts in order of first appearance: a prompt shared by several pairs is sampled once.
-    prompts = list({tuple(prompt): prompt for (prompt, _), _ in pairs}.values())[:num_prompts]
-    reward = load_reward_fn(reward_fn) if reward_fn else None
+    rows = load_rows(dataset, split)
+    pairs = [_tokenize_row(tokenizer, row) for row in rows]
+    # Held-out prompts in order of first appearance, as token ids and as the data holds them; each is sampled once.
+    raw_prompts = {}
+    for ((prompt, _), _), row in zip(pairs, rows):
+        raw_prompts.setdefault(tuple(prompt), row["prompt"])
+    prompts = [list(prompt) for prompt in raw_prompts][:num_prompts]
+    reward = _reward_of_samples(reward_fn, reward_model, raw_prompts, tokenizer, device)
+    fluency = load_function(fluency_fn, "--fluency_fn") if fluency_fn else None
     tokens_per_epoch = None
 
     base = _load_model(base_model, device)
+    base_logps, base_counts = pair_logprobs(base, pairs)
     results = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "setup": {
@@ -266,25 +375,37 @@ def evaluate_models(
             "split": split,
             "num_pairs": len(pairs),
             "reward_fn": reward_fn,
+            "reward_model": reward_model,
+            "fluency_fn": fluency_fn if reward else None,
             "num_prompts": len(prompts) if reward else 0,
             "samples_per_prompt": samples_per_prompt if reward else 0,
+            "max_new_tokens": max_new_tokens,
             "seed": seed,
             "device": str(device),
         },
+        "base": preference_scores(base_logps, base_counts, base_logps),
     }
-    base_samples = sample_completions(base, tokenizer, prompts, samples_per_prompt, seed) if reward else []
-    results["base"], base_rewards = _score(base, tokenizer, pairs, base_samples, reward)
+    if reward:
+        base_samples = sample_completions(
+            base, tokenizer, prompts, samples_per_prompt, seed, max_new_tokens=max_new_tokens
+        )
+        sample_scores, base_rewards = _score_samples(base, tokenizer, base_samples, reward, fluency)
+        results["base"].update(sample_scores)
     results["models"] = {}
     for path in map(Path, model_paths):
         logger.info("evaluate: %s", path)
         model = _load_model(path, device)
-        samples = sample_completions(model, tokenizer, prompts, samples_per_prompt, seed) if reward else []
-        scores, rewards = _score(model, tokenizer, pairs, samples, reward)
+        scores = preference_scores(*pair_logprobs(model, pairs), base_logps)
         if reward:
+            samples = sample_completions(
+                model, tokenizer, prompts, samples_per_prompt, seed, max_new_tokens=max_new_tokens
+            )
+            sample_scores, rewards = _score_samples(model, tokenizer, samples, reward, fluency)
             policy_logps, _ = completion_logprobs(model, samples)
-            base_logps, _ = completion_logprobs(base, samples)
+            base_sample_logps, _ = completion_logprobs(base, samples)
+            scores.update(sample_scores)
             scores["win_rate"] = mean_stderr(win_outcomes(rewards, base_rewards))
-            scores["kl"] = mean_stderr((policy_logps - base_logps).tolist())
+            scores["kl"] = mean_stderr((policy_logps - base_sample_logps).tolist())
         run_dir = Path(runs_dir) / path.name if runs_dir else None
         if run_dir and (run_dir / TRAINER_STATE).is_file():
             if tokens_per_epoch is None:
@@ -296,6 +417,34 @@ def evaluate_models(
     return results
 
 
+def _tokenize_row(tokenizer: PreTrainedTokenizerBase, row: dict) -> tuple[PromptCompletion, PromptCompletion]:
+    return tokenize_pair(tokenizer, row["prompt"], row["chosen"]), tokenize_pair(
+        tokenizer, row["prompt"], row["rejected"]
+    )
+
+
+def _reward_of_samples(
+    reward_fn: str | None,
+    reward_model: str | None,
+    raw_prompts: dict[tuple[int, ...], str | list],
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+) -> RewardOfSamples | None:
+    """The reward that `--reward_fn` or `--reward_model` gives samples, or None without either."""
+    if reward_fn:
+        function = load_function(reward_fn, "--reward_fn")
+        return lambda samples, texts: [float(function(text)) for text in texts]
+    if reward_model:
+        model, model_tokenizer = load_reward_model(reward_model, device)
+        return lambda samples, texts: reward_model_scores(
+            model,
+            model_tokenizer,
+            [raw_prompts[tuple(prompt)] for prompt, _ in samples],
+            tokenizer.batch_decode([completion for _, completion in samples], skip_special_tokens=True),
+        )
+    return None
+
+
 def _load_model(path: str | Path, device: torch.device) -> PreTrainedModel:
     model = load_model(ModelConfig(model_name_or_path=str(path))).to(device).eval()
     config = model.generation_config
@@ -304,23 +453,26 @@ def _load_model(path: str | Path, device: torch.device) -> PreTrainedModel:
     return model
 
 
-def _score(
+def _score_samples(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[PromptCompletion, PromptCompletion]],
     samples: Sequence[PromptCompletion],
-    reward_fn: Callable[[str], float] | None,
+    reward: RewardOfSamples,
+    fluency: Callable[[str], bool] | None,
 ) -> tuple[dict, list[float]]:
-    """Preference accuracy and margin on `pairs`; the reward and length of `samples` when there is a reward."""
-    outcomes, margins = preference_outcomes(model, pairs)
-    scores = {"preference_accuracy": mean_stderr(outcomes), "logp_margin": mean_stderr(margins)}
-    if reward_fn is None:
-        return scores, []
+    """The reward, length, distinct tokens and fluency of `samples`, and a few of them to read; and each reward."""
     texts = tokenizer.batch_decode([prompt + completion for prompt, completion in samples], skip_special_tokens=True)
-    rewards = [float(reward_fn(text)) for text in texts]
-    scores["reward"] = mean_stderr(rewards)
-    scores["sample_length"] = mean_stderr([len(completion) for _, completion in samples])
-    scores["distinct_fraction"] = mean_stderr([distinct_fraction(completion) for _, completion in samples])
+    rewards = reward(samples, texts)
+    scores = {
+        "reward": mean_stderr(rewards),
+        "sample_length": mean_stderr([len(completion) for _, completion in samples]),
+        "distinct_fraction": mean_stderr([distinct_fraction(completion) for _, completion in samples]),
+    }
+    if fluency:
+        eos_ids = eos_token_ids(model)
+        # A sample cut off at the token limit is unfinished, however its text reads.
+        ended = [bool(completion) and completion[-1] in eos_ids for _, completion in samples]
+        scores["fluency"] = mean_stderr([float(end and bool(fluency(text))) for end, text in zip(ended, texts)])
     per_prompt = len(samples) // len({tuple(prompt) for prompt, _ in samples})
     scores["examples"] = texts[: EXAMPLES * per_prompt : per_prompt]
     return scores, rewards
@@ -336,9 +488,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test", help="the held-out split to score on")
     parser.add_argument("--train_split", default="train", help="the split the runs trained on, to count train tokens")
     parser.add_argument("--runs_dir", default="outputs", help="where each model's run (output_dir) is, by model name")
-    parser.add_argument("--reward_fn", help="module:function scoring a text; without it no samples are drawn")
+    parser.add_argument("--reward_fn", help="module:function scoring a text; without a reward no samples are drawn")
+    parser.add_argument("--reward_model", help="a sequence-classification reward model: a directory or a hub id")
+    parser.add_argument("--fluency_fn", help="module:function telling (True/False) whether a sample's text is fluent")
     parser.add_argument("--num_prompts", type=int, help="held-out prompts to sample for (default: all)")
     parser.add_argument("--samples_per_prompt", type=int, default=8, help="samples per prompt and model")
+    parser.add_argument("--max_new_tokens", type=int, help="longest sample (default: each model's generation config)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, the same for every model")
     parser.add_argument("--output", default="results/results.json", help="where the results are written")
     args = parser.parse_args(argv)
@@ -362,8 +517,11 @@ def main(argv: list[str] | None = None) -> None:
         train_split=args.train_split,
         runs_dir=args.runs_dir,
         reward_fn=args.reward_fn,
+        reward_model=args.reward_model,
+        fluency_fn=args.fluency_fn,
         num_prompts=args.num_prompts,
         samples_per_prompt=args.samples_per_prompt,
+        max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
     with atomic_file(args.output) as staging:

@@ -9,7 +9,9 @@
   in its own implicit reward (DPO and KTO: beta x log-ratio to the reference; SimPO: beta x per-token
   log-probability). KTO logs no accuracies: its batches are unpaired;
 - images/comparison_reward_vs_kl.png: the reward of each model's samples against their KL from the base model
-  (the DPO paper's Figure 2): a point per evaluated model and, after a sweep, a curve per algorithm.
+  (the DPO paper's Figure 2): a point per evaluated model and, after a sweep, each seed's frontier per algorithm and
+  their mean at matched KL;
+- images/comparison_accuracies.png: both held-out preference accuracies of each evaluated model.
 """
 
 import json
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from experiment.convergence import smooth, steps_to_stable_loss
 from experiment.commands import command_parser, log_progress
+from experiment.results import by_algorithm, reward_name
 from prefopt.errors import exit_on_user_error
 from prefopt.plotting import pyplot, save_figure
 from prefopt.run_logs import epochs_at, logged, loss_curves, read_log_history
@@ -61,50 +64,77 @@ def reward_metrics_figure(run_dirs: Sequence[str | Path]):
             steps, values = logged(history, key)
             axes.plot(epochs_at(history, steps), values, label=Path(run_dir).name)
     panels[0].set(title="Reward margin, chosen - rejected (each trainer's own reward)", xlabel="epoch", ylabel="margin")
-    panels[1].set(title="Reward accuracy on train batches (KTO logs none)", xlabel="epoch", ylabel="accuracy")
+    panels[1].set(
+        title="Accuracy on train batches, each in its own reward (KTO logs none)", xlabel="epoch", ylabel="accuracy"
+    )
     panels[1].axhline(0.5, color="gray", linewidth=0.8, linestyle=":")
     return _finish(figure)
 
 
 def reward_vs_kl_figure(results: dict | None, sweep: dict | None):
-    """Mean reward of samples against KL from the base: evaluated models as points, sweep runs as curves.
+    """Mean reward of samples against KL from the base: evaluated models as points; after a sweep, each seed's
+    frontier as a thin line and the mean over seeds at matched KL as a thick one, its band one standard deviation.
 
     `results` (experiment.evaluate's) and `sweep` (experiment.sweep's) must have been scored with a reward; either
     may be None.
     """
     setup_and_base = results or sweep
     figure, axes = pyplot().subplots(figsize=(7, 5))
-    for algorithm, runs in _by_algorithm(sweep["runs"] if sweep else []).items():
-        runs.sort(key=lambda run: run["kl"]["mean"])
-        axes.plot([run["kl"]["mean"] for run in runs], [run["reward"]["mean"] for run in runs], "o-", label=algorithm)
-        for run in runs:
-            point = (run["kl"]["mean"], run["reward"]["mean"])
-            axes.annotate(run["label"], point, xytext=(4, -10), textcoords="offset points", fontsize=7)
+    for algorithm, runs in by_algorithm(sweep["runs"] if sweep else []).items():
+        color = None
+        for seed in dict.fromkeys(run["overrides"].get("seed") for run in runs):
+            frontier = sorted(
+                (run["kl"]["mean"], run["reward"]["mean"]) for run in runs if run["overrides"].get("seed") == seed
+            )
+            (line,) = axes.plot(*zip(*frontier), "o-", color=color, alpha=0.35, linewidth=0.8, markersize=3)
+            color = line.get_color()
+        matched = [cell for cell in sweep["matched_kl"]["reward"][algorithm] if cell["mean"] is not None]
+        kls, means = [cell["kl"] for cell in matched], [cell["mean"] for cell in matched]
+        spreads = [cell["stdev"] or 0.0 for cell in matched]
+        axes.plot(kls, means, "-", color=color, linewidth=2.5, label=f"{algorithm} (mean over seeds at matched KL)")
+        axes.fill_between(kls, [m - d for m, d in zip(means, spreads)], [m + d for m, d in zip(means, spreads)],
+                          color=color, alpha=0.15)  # fmt: skip
     axes.plot(0.0, setup_and_base["base"]["reward"]["mean"], "k*", markersize=12, label="base model")
     for name, model in (results["models"] if results else {}).items():
         point = (model["kl"]["mean"], model["reward"]["mean"])
         axes.errorbar(*point, xerr=model["kl"]["stderr"], yerr=model["reward"]["stderr"], fmt="ks", markersize=5)
         axes.annotate(name, point, xytext=(5, 4), textcoords="offset points", fontsize=8)
     axes.set(
-        title="Reward against KL from the base model",
+        title="Reward against KL from the base model (thin: one training seed each)",
         xlabel="KL(policy || base), nats per sample",
-        ylabel=f"mean reward of samples ({setup_and_base['setup']['reward_fn']})",
+        ylabel=f"mean reward of samples ({reward_name(setup_and_base['setup']).replace('`', '')})",
     )
     return _finish(figure)
+
+
+def accuracies_figure(results: dict):
+    """Both held-out preference accuracies of each model, side by side, with their standard errors."""
+    setup = results["setup"]
+    models = {f"base ({Path(setup['base_model']).name})": results["base"], **results["models"]}
+    figure, axes = pyplot().subplots(figsize=(9, 4.5))
+    width = 0.38
+    for offset, (key, label) in zip((-width / 2, width / 2), ACCURACIES):
+        positions = [index + offset for index in range(len(models))]
+        means = [scores[key]["mean"] for scores in models.values()]
+        errors = [scores[key]["stderr"] for scores in models.values()]
+        axes.bar(positions, means, width, yerr=errors, capsize=3, label=label)
+    axes.axhline(0.5, color="gray", linewidth=0.8, linestyle=":")
+    axes.set_xticks(range(len(models)), list(models), fontsize=8)
+    axes.set(title="Held-out preference accuracy, two measures", ylabel="accuracy (ties count half)", ylim=(0.3, 1.0))
+    return _finish(figure)
+
+
+ACCURACIES = (
+    ("implicit_reward_accuracy", "implicit reward: summed log π − log π_base (DPO's, KTO's)"),
+    ("length_normalised_accuracy", "length-normalised: mean per-token log π (SimPO's)"),
+)
 
 
 def scored_with_reward(path: str | Path) -> dict | None:
     """The results (of experiment.evaluate or experiment.sweep) in `path` if it exists and they include rewards."""
     path = Path(path)
     results = json.loads(path.read_text()) if path.is_file() else None
-    return results if results and results["setup"]["reward_fn"] else None
-
-
-def _by_algorithm(runs: list[dict]) -> dict[str, list[dict]]:
-    grouped: dict[str, list[dict]] = {}
-    for run in runs:
-        grouped.setdefault(run["algorithm"], []).append(run)
-    return grouped
+    return results if results and reward_name(results["setup"]) else None
 
 
 def _finish(figure):
@@ -131,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     results, sweep = scored_with_reward(args.results), scored_with_reward(args.sweep)
     if results or sweep:
         written.append(save_figure(reward_vs_kl_figure(results, sweep), images / "comparison_reward_vs_kl.png"))
+    if results:
+        written.append(save_figure(accuracies_figure(results), images / "comparison_accuracies.png"))
     else:
         logger.info("figures: neither %s nor %s holds rewards: no reward-KL figure", args.results, args.sweep)
     logger.info("figures: %s", ", ".join(map(str, written)))

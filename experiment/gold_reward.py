@@ -1,28 +1,19 @@
-"""The demo task's gold reward: how positive a movie review is, from a fixed word lexicon.
+"""The demo task's gold reward: how positive a movie review is, credited only in text the review grammar accepts.
 
 It plays the part of the sentiment classifier in the DPO paper's controlled-sentiment (IMDb) experiment: the
-preference pairs are labelled with it, and a trained policy is judged by it. A lexicon keeps it exact,
-deterministic and free, and the synthetic reviews of `experiment.demo` draw their sentiment from these same words.
+preference pairs are labelled with it, and a trained policy is judged by it. The sentiment is read from the
+grammar's own lexicon, which keeps it exact, deterministic and free. A lexicon alone can be gamed by lists of
+sentiment words or word salad; so a text earns a reward only when `experiment.review_grammar` accepts it as a whole
+review, and 0, below any review's, otherwise.
 
-Negation is not handled: the demo reviews never negate a sentiment word, so counting words is exact on them.
+Negation is not handled: the grammar never negates a sentiment word, so counting words is exact on its reviews.
 """
 
 import math
 import re
 from collections.abc import Iterable
 
-POSITIVE_WORDS: tuple[str, ...] = (
-    "beautiful", "brilliant", "charming", "clever", "delightful", "engaging", "enjoyable", "excellent", "fantastic",
-    "fresh", "funny", "good", "great", "gripping", "heartfelt", "impressive", "inspiring", "lovely", "memorable",
-    "moving", "perfect", "powerful", "solid", "stunning", "superb", "terrific", "thrilling", "touching", "witty",
-    "wonderful",
-)  # fmt: skip
-
-NEGATIVE_WORDS: tuple[str, ...] = (
-    "annoying", "awful", "awkward", "bad", "bland", "boring", "cheap", "clumsy", "confusing", "disappointing",
-    "dreadful", "dull", "flat", "forgettable", "horrible", "lazy", "lifeless", "mediocre", "messy", "painful",
-    "pointless", "poor", "predictable", "shallow", "silly", "stale", "tedious", "terrible", "tiresome", "weak",
-)  # fmt: skip
+from experiment.review_grammar import NEGATIVE_WORDS, POSITIVE_WORDS, is_review
 
 _POSITIVE = frozenset(POSITIVE_WORDS)
 _NEGATIVE = frozenset(NEGATIVE_WORDS)
@@ -36,8 +27,8 @@ def sentiment_score(text: str) -> int:
 
 
 def gold_reward(text: str) -> float:
-    """Probability-like positivity in (0, 1): the sigmoid of `sentiment_score`; 0.5 for a neutral text."""
-    return 1.0 / (1.0 + math.exp(-sentiment_score(text)))
+    """For a review of the grammar, the sigmoid of `sentiment_score`, in (0, 1) and 0.5 when neutral; else 0."""
+    return 1.0 / (1.0 + math.exp(-sentiment_score(text))) if is_review(text) else 0.0
 
 
 def gold_reward_batch(texts: Iterable[str]) -> list[float]:

@@ -4,7 +4,7 @@
     python -m experiment.results --update_readme    # ... and README.md between the results markers
 
 Sources: results/results.json (`experiment.evaluate`), and when present results/simpo_ablation.json
-(`experiment.ablation`), results/sweep.json and results/seeds.json (`experiment.sweep`). The README's section between
+(`experiment.ablation`) and results/sweep.json (`experiment.sweep`). The README's section between
 `<!-- results:start -->` and `<!-- results:end -->` is replaced by the same tables, so that it only ever shows
 numbers a run produced.
 """
@@ -12,6 +12,7 @@ numbers a run produced.
 import json
 import logging
 import statistics
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from experiment.commands import command_parser, log_progress
@@ -25,17 +26,13 @@ START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
 
 
-def render_markdown(
-    results: dict, ablation: dict | None = None, sweep: dict | None = None, seeds: dict | None = None
-) -> str:
-    """The evaluation table, then the SimPO ablation, seed and sweep tables when given."""
+def render_markdown(results: dict, ablation: dict | None = None, sweep: dict | None = None) -> str:
+    """The evaluation table, then the SimPO ablation and, from a sweep, the seeds, matched-KL and sweep tables."""
     sections = [_evaluation_table(results)]
     if ablation:
         sections.append(_ablation_table(ablation))
-    if seeds:
-        sections.append(_seeds_table(seeds))
     if sweep:
-        sections.append(_sweep_table(sweep))
+        sections += [_seeds_table(sweep), _matched_kl_table(sweep), _sweep_table(sweep)]
     return "\n\n".join(sections) + "\n"
 
 
@@ -59,19 +56,20 @@ def update_readme(readme_path: str | Path, content: str) -> None:
 # --- Tables ---------------------------------------------------------------------------------------------------------
 def _evaluation_table(results: dict) -> str:
     setup = results["setup"]
-    sampled = bool(setup["reward_fn"])
+    sampled = bool(reward_name(setup))
     what = [f"{setup['num_pairs']} held-out pairs of `{setup['dataset']}` [{setup['split']}]"]
     if sampled:
         what.append(
             f"{setup['num_prompts']} prompts x {setup['samples_per_prompt']} samples per model, seed {setup['seed']}, "
-            f"reward `{setup['reward_fn']}`"
+            f"reward {reward_name(setup)}" + (f", fluency `{setup['fluency_fn']}`" if setup.get("fluency_fn") else "")
         )
     what.append(f"{setup['device']}, {results['created']}")
 
-    header = ["model", "preference accuracy", "per-token margin (nats)"]
+    header = ["model", "implicit-reward accuracy", "length-normalised accuracy"]
     if sampled:
         header += [
-            "reward", "win rate vs base", "KL from base (nats)", "sample length (tokens)", "distinct tokens per sample",
+            "reward", "fluency", "win rate vs base", "KL from base (nats)", "sample length (tokens)",
+            "distinct tokens per sample",
         ]  # fmt: skip
     models = {f"base ({Path(setup['base_model']).name})": results["base"], **results["models"]}
     rows = [_evaluation_row(name, scores, sampled) for name, scores in models.items()]
@@ -81,6 +79,8 @@ def _evaluation_table(results: dict) -> str:
         "; ".join(what) + ". Means ± standard error.",
         "",
         markdown_table(header, rows),
+        "",
+        ACCURACIES_NOTE,
     ]
 
     trained = {name: model["training"] for name, model in results["models"].items() if "training" in model}
@@ -110,16 +110,32 @@ def _evaluation_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+ACCURACIES_NOTE = (
+    "Implicit-reward accuracy: how often the chosen response has the higher log π − log π_base, summed over its "
+    "tokens, the implicit reward that DPO and KTO optimise; the base scores 0 on every response, so all its pairs tie "
+    "and its accuracy is exactly 0.5. Length-normalised accuracy: how often the chosen response has the higher mean "
+    "per-token log π, what SimPO optimises."
+)
+
+
+def reward_name(setup: dict) -> str:
+    """How the samples were scored, for a caption: the reward function or the reward model; '' without samples."""
+    if setup.get("reward_model"):
+        return f"model `{setup['reward_model']}`"
+    return f"`{setup['reward_fn']}`" if setup.get("reward_fn") else ""
+
+
 def _evaluation_row(name: str, scores: dict, sampled: bool) -> list[str]:
-    row = [name, _pm(scores["preference_accuracy"]), _pm(scores["logp_margin"])]
+    row = [name, _pm(scores["implicit_reward_accuracy"]), _pm(scores["length_normalised_accuracy"])]
     if sampled:
         is_base = "win_rate" not in scores
         row += [
             _pm(scores["reward"]),
+            _pm(scores["fluency"], digits=2) if "fluency" in scores else "",
             "" if is_base else _pm(scores["win_rate"]),
             "" if is_base else _pm(scores["kl"], digits=1),
             f"{scores['sample_length']['mean']:.1f}",
-            _pm(scores["distinct_fraction"], digits=2) if "distinct_fraction" in scores else "",
+            _pm(scores["distinct_fraction"], digits=2),
         ]
     return row
 
@@ -150,8 +166,8 @@ def _ablation_table(ablation: dict) -> str:
         "train log-prob of chosen start → end (nats/token)",
         "slope beta·sigmoid(gamma)",
         "first grad norm",
-        "held-out pref. accuracy",
-        "held-out margin",
+        "held-out length-normalised accuracy",
+        "held-out length-normalised margin (nats/token)",
     ]
     rows = []
     for run in ablation["runs"]:
@@ -180,64 +196,111 @@ def _ablation_table(ablation: dict) -> str:
     )
 
 
-def _sweep_table(sweep: dict) -> str:
-    header = [
-        "algorithm",
-        "hyperparameters",
-        "preference accuracy",
-        "reward",
-        "win rate vs base",
-        "KL (nats)",
-        "train time (s)",
-        "process CPU time (s)",
-    ]
-    rows = [
-        [
-            run["algorithm"],
-            run["label"],
-            _pm(run["preference_accuracy"]),
-            _pm(run["reward"]),
-            _pm(run["win_rate"]),
-            _pm(run["kl"], digits=1),
-            f"{run['training']['train_runtime_s']:.0f}",
-            f"{run['training']['process_cpu_time_s']:.0f}",
-        ]
-        for run in sweep["runs"]
-    ]
-    what = (
-        f"{len(sweep['runs'])} runs of the v1 configs, only beta (and gamma) changed; the samples scored as above "
-        f"(seed {sweep['setup']['seed']}); {sweep['wall_time_s'] / 60:.1f} min in all, {sweep['created']}."
+# The held-out accuracy each algorithm's loss optimises: its "native" measure.
+NATIVE_ACCURACY = {
+    "dpo": "implicit_reward_accuracy",
+    "kto": "implicit_reward_accuracy",
+    "simpo": "length_normalised_accuracy",
+}
+SEED_MEASURES = (
+    ("implicit-reward accuracy", "implicit_reward_accuracy", 3),
+    ("length-normalised accuracy", "length_normalised_accuracy", 3),
+    ("reward", "reward", 3),
+    ("fluency", "fluency", 2),
+    ("win rate vs base", "win_rate", 3),
+    ("KL (nats)", "kl", 1),
+)
+
+
+def by_algorithm(runs: list[dict], key: Callable[[dict], Hashable] = lambda run: run["algorithm"]) -> dict:
+    """`runs` grouped by `key`, in order of first appearance."""
+    grouped: dict = {}
+    for run in runs:
+        grouped.setdefault(key(run), []).append(run)
+    return grouped
+
+
+def native_gain(run: dict, base: dict) -> float:
+    """How far a run's native accuracy (its algorithm's own measure) is above the base model's on that measure."""
+    key = NATIVE_ACCURACY[run["algorithm"]]
+    return run[key]["mean"] - base[key]["mean"]
+
+
+def _seeds_table(sweep: dict) -> str:
+    """At the papers' beta: per algorithm, each measure's mean over the training seeds ± their standard deviation."""
+    rows = []
+    for algorithm, runs in by_algorithm([run for run in sweep["runs"] if run["paper_beta"]]).items():
+        gains = [native_gain(run, sweep["base"]) for run in runs]
+        row = [f"{algorithm} ({runs[0]['label']})", ", ".join(str(run["overrides"]["seed"]) for run in runs)]
+        row.append(_spread(gains, 3))
+        row += [_spread([run[key]["mean"] for run in runs], digits) for _, key, digits in SEED_MEASURES]
+        rows.append(row)
+    base = sweep["base"]
+    rows.append(
+        ["base", "", ""]
+        + [f"{base[key]['mean']:.{digits}f}" if key in base else "" for _, key, digits in SEED_MEASURES]
     )
+    what = (
+        "Each algorithm at its paper's beta (the v1 configs) and three training seeds (LoRA initialisation and data "
+        "order); each cell is the mean over the seeds ± their standard deviation (lowest–highest), the samples scored "
+        f"as above (seed {sweep['setup']['seed']}). Native accuracy gain: the algorithm's own measure (implicit reward "
+        "for DPO and KTO, length-normalised for SimPO) minus the base model's on it."
+    )
+    header = ["algorithm", "training seeds", "native accuracy gain over base", *(name for name, _, _ in SEED_MEASURES)]
+    return "\n".join(
+        ["### Seeds: the papers' hyperparameters at three training seeds", "", what, "", markdown_table(header, rows)]
+    )
+
+
+def _matched_kl_table(sweep: dict) -> str:
+    """Each algorithm's reward at common KL values, mean ± standard deviation over the seeds' frontiers."""
+    matched = sweep["matched_kl"]
+    num_seeds = len(sweep["seeds"])
+    rows = []
+    for algorithm, cells in matched["reward"].items():
+        row = [algorithm]
+        for cell in cells:
+            if cell["mean"] is None:
+                row.append("")
+                continue
+            text = f"{cell['mean']:.3f}" + (f" ± {cell['stdev']:.3f}" if cell["stdev"] is not None else "")
+            row.append(text + (f" ({cell['num_seeds']} of {num_seeds} seeds)" if cell["num_seeds"] < num_seeds else ""))
+        rows.append(row)
+    what = (
+        "Each seed's frontier is the line through its three runs of the sweep below, ordered by KL; it is read at the "
+        "same KL values for every algorithm, log-spaced over the range all frontiers cover, or the whole range when "
+        "they share none, never beyond a frontier's ends. Each cell: mean reward over the seeds whose frontier reaches "
+        "that KL ± their standard deviation."
+    )
+    header = ["algorithm", *(f"reward at KL {kl:.1f}" for kl in matched["kl_values"])]
+    return "\n".join(["### The algorithms at matched KL", "", what, "", markdown_table(header, rows)])
+
+
+def _sweep_table(sweep: dict) -> str:
+    """Per algorithm and hyperparameters, each measure's mean over the seeds ± their standard deviation."""
+    rows = []
+    for (algorithm, label), runs in by_algorithm(sweep["runs"], lambda run: (run["algorithm"], run["label"])).items():
+        row = [algorithm, label]
+        row += [
+            _spread([run[key]["mean"] for run in runs], digits, with_range=False) for _, key, digits in SEED_MEASURES
+        ]
+        row.append(f"{statistics.fmean(run['training']['process_cpu_time_s'] for run in runs):.0f}")
+        rows.append(row)
+    what = (
+        f"{len(sweep['runs'])} runs of the v1 configs, only beta (and gamma) and the training seed "
+        f"({', '.join(map(str, sweep['seeds']))}) changed; each cell is the mean over the seeds ± their standard "
+        f"deviation; the samples scored as above (seed {sweep['setup']['seed']}); {sweep['wall_time_s'] / 60:.1f} min "
+        f"in all, {sweep['created']}."
+    )
+    header = ["algorithm", "hyperparameters", *(name for name, _, _ in SEED_MEASURES), "process CPU time per run (s)"]
     return "\n".join(["### Sweep: the reward-KL frontier", "", what, "", markdown_table(header, rows)])
 
 
-SEED_MEASURES = (("preference accuracy", "preference_accuracy", 3), ("reward", "reward", 3),
-                 ("win rate vs base", "win_rate", 3), ("KL (nats)", "kl", 1))  # fmt: skip
-
-
-def _seeds_table(seeds: dict) -> str:
-    """Per algorithm, each measure's mean over the training seeds, their standard deviation and their range."""
-    by_algorithm: dict[str, list[dict]] = {}
-    for run in seeds["runs"]:
-        by_algorithm.setdefault(run["algorithm"], []).append(run)
-    rows = []
-    for algorithm, runs in by_algorithm.items():
-        row = [algorithm, ", ".join(str(run["overrides"]["seed"]) for run in runs)]
-        for _, key, digits in SEED_MEASURES:
-            means = [run[key]["mean"] for run in runs]
-            spread = statistics.stdev(means) if len(means) > 1 else 0.0
-            mean, low, high = (f"{value:.{digits}f}" for value in (statistics.fmean(means), min(means), max(means)))
-            row.append(f"{mean} ± {spread:.{digits}f} ({low}–{high})")
-        rows.append(row)
-    what = (
-        "The v1 configs at several training seeds (LoRA initialisation and data order); each cell is the mean over "
-        "the seeds ± their standard deviation (lowest–highest), the samples scored as above "
-        f"(seed {seeds['setup']['seed']}); {seeds['wall_time_s'] / 60:.1f} min in all, {seeds['created']}."
-    )
-    header = ["algorithm", "training seeds", *(name for name, _, _ in SEED_MEASURES)]
-    return "\n".join(
-        ["### Seeds: how much of a difference is the training seed's", "", what, "", markdown_table(header, rows)]
-    )
+def _spread(values: list[float], digits: int, with_range: bool = True) -> str:
+    """`mean ± standard deviation (lowest–highest)` of `values`."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    mean, low, high = (f"{value:.{digits}f}" for value in (statistics.fmean(values), min(values), max(values)))
+    return f"{mean} ± {spread:.{digits}f}" + (f" ({low}–{high})" if with_range else "")
 
 
 def _pm(metric: dict, digits: int = 3) -> str:
@@ -256,9 +319,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{results_dir / 'results.json'}: not found; run python -m experiment.evaluate first")
     loaded = {
         name: json.loads(path.read_text()) if (path := results_dir / f"{name}.json").is_file() else None
-        for name in ("results", "simpo_ablation", "sweep", "seeds")
+        for name in ("results", "simpo_ablation", "sweep")
     }
-    markdown = render_markdown(loaded["results"], loaded["simpo_ablation"], loaded["sweep"], loaded["seeds"])
+    markdown = render_markdown(loaded["results"], loaded["simpo_ablation"], loaded["sweep"])
     with atomic_file(results_dir / "results.md") as staging:
         staging.write_text(markdown)
     logger.info("results: %s", results_dir / "results.md")

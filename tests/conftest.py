@@ -134,3 +134,42 @@ def assert_merged_is_base_plus_adapter(merged_dir: Path, base_dir: Path, adapter
             base_logits = adapted(**inputs).logits
     torch.testing.assert_close(merged_logits, adapted_logits, atol=1e-4, rtol=0)
     assert (merged_logits - base_logits).abs().max() > 1e-3, "training left the model unchanged"
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(demo_assets, tmp_path_factory) -> Path:
+    """A reward model of the demo's architecture, trained for a few steps with TRL's RewardTrainer on the demo's train
+    pairs as conversations, so that it is scored through the chat template of its tokenizer."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    output_dir = tmp_path_factory.mktemp("reward-model")
+    rows = read_jsonl(demo_assets.data_dir / "train.jsonl")
+    conversations = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": row["prompt"]}],
+                "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                "rejected": [{"role": "assistant", "content": row["rejected"]}],
+            }
+            for row in rows
+        ]
+    )
+    tokenizer = AutoTokenizer.from_pretrained(demo_assets.model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(demo_assets.model_dir, num_labels=1)
+    args = RewardConfig(
+        output_dir=str(output_dir),
+        max_steps=40,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=conversations, processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    return output_dir

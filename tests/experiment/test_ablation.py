@@ -27,7 +27,7 @@ def simpo_run(tmp_path, name: str, beta: float, gamma: float, grad_norm: float) 
 def test_measures_of_both_configs(tmp_path):
     configs = [simpo_run(tmp_path, "paper", 2.0, 1.0, 1.0), simpo_run(tmp_path, "defaults", 0.1, 0.5, 0.05)]
     accuracy = {"mean": 0.6, "stderr": 0.03}
-    results = {"models": {"paper": {"preference_accuracy": accuracy, "logp_margin": accuracy}}}
+    results = {"models": {"paper": {"length_normalised_accuracy": accuracy, "length_normalised_margin": accuracy}}}
     (tmp_path / "results.json").write_text(json.dumps(results))
     output, image = tmp_path / "ablation.json", tmp_path / "ablation.png"
     main(["--configs", *configs, "--results", str(tmp_path / "results.json"), "--output", str(output),

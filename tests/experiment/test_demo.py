@@ -3,16 +3,18 @@
 import json
 import logging
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from experiment.demo import build_demo_assets, document_loss, main, synthetic_reviews
+from experiment.demo import build_demo_assets, document_loss, main
 from experiment.gold_reward import gold_reward
+from experiment.review_grammar import is_review, synthetic_reviews
 from tests.conftest import read_jsonl
 
-TINY = dict(num_train_pairs=64, num_test_pairs=16, pretrain_steps=60)
+TINY = dict(num_train_pairs=64, num_test_pairs=16, pretrain_steps=150)  # fewer steps leave too few reviews to pair
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 DATA_FILES = ("train.jsonl", "test.jsonl", "metadata.json")
 
@@ -23,12 +25,6 @@ def assets(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("demo")
     build_demo_assets(root / "model", root / "data", label_noise=0.0, **TINY)
     return root / "model", root / "data"
-
-
-def test_gold_reward_ranks_sentiment():
-    positive = gold_reward("The film was wonderful and moving. The cast was brilliant.")
-    negative = gold_reward("The film was boring and awful. The cast was terrible.")
-    assert 0.0 <= negative < gold_reward("The film was long.") == 0.5 < positive <= 1.0
 
 
 def test_build_writes_complete_directories_and_nothing_else(assets):
@@ -92,11 +88,17 @@ def test_test_prompts_are_held_out(assets):
     assert train_prompts and test_prompts and not train_prompts & test_prompts
 
 
-def test_without_label_noise_chosen_has_the_higher_gold_reward(assets):
+def test_without_label_noise_chosen_is_a_review_a_clear_margin_above_rejected(assets):
     _, data_dir = assets
+    margins = []
     for name in ("train.jsonl", "test.jsonl"):
         for row in read_jsonl(data_dir / name):
-            assert gold_reward(row["prompt"] + row["chosen"]) > gold_reward(row["prompt"] + row["rejected"])
+            assert is_review(row["prompt"] + row["chosen"])
+            margins.append(gold_reward(row["prompt"] + row["chosen"]) - gold_reward(row["prompt"] + row["rejected"]))
+    metadata = json.loads((data_dir / "metadata.json").read_text())
+    assert min(margins) >= metadata["min_margin"] == 0.2
+    assert metadata["train_margin"]["min"] == min(margins[: TINY["num_train_pairs"]])
+    assert metadata["test_margin"]["median"] == pytest.approx(statistics.median(margins[TINY["num_train_pairs"] :]))
 
 
 def test_metadata_describes_the_pairs(assets):
@@ -105,8 +107,9 @@ def test_metadata_describes_the_pairs(assets):
     assert metadata["seed"] == 0 and metadata["label_noise"] == 0.0
     assert metadata["num_train_pairs"] == TINY["num_train_pairs"]
     assert metadata["train_chosen_better_fraction"] == metadata["test_chosen_better_fraction"] == 1.0
-    assert metadata["num_base_samples"] >= 2 * (TINY["num_train_pairs"] + TINY["num_test_pairs"])
+    assert metadata["num_base_samples"] >= 4 * (TINY["num_train_pairs"] + TINY["num_test_pairs"])  # 4 per pair
     assert 0.0 < metadata["base_positive_fraction"] < 1.0 and 0.0 < metadata["base_negative_fraction"] < 1.0
+    assert 0.0 < metadata["base_fluent_fraction"] < 1.0
 
 
 def test_label_noise_swaps_train_labels_only(assets, tmp_path):

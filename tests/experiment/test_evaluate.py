@@ -11,11 +11,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiment.evaluate import (
     completion_logprobs,
+    load_reward_model,
+    reward_model_scores,
     distinct_fraction,
     evaluate_models,
     load_pairs,
     mean_stderr,
-    preference_outcomes,
+    pair_logprobs,
+    preference_scores,
     sample_completions,
     steps_to_stable_loss,
     tokenize_pair,
@@ -23,9 +26,10 @@ from experiment.evaluate import (
     training_cost,
     win_outcomes,
 )
+from prefopt.errors import UserError
 from prefopt.run import RESOURCE_USAGE_FILE
 from prefopt.run_logs import read_log_history
-from tests.conftest import run_command, run_script, training_args
+from tests.conftest import read_jsonl, run_command, run_script, training_args
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +51,42 @@ class FavouriteTokenModel(torch.nn.Module):
         return SimpleNamespace(logits=self.logits.expand(*input_ids.shape, -1))
 
 
-def test_model_preferring_chosen_everywhere_has_accuracy_one(base):
-    tokenizer, _ = base
+def test_model_preferring_chosen_everywhere_has_both_accuracies_one(base):
+    tokenizer, base_model = base
     (great,) = tokenizer(" great", add_special_tokens=False)["input_ids"]
     model = FavouriteTokenModel(len(tokenizer), great)
     triples = [("The film was", " great great", " dull"), ("The plot of this movie", " great", " awful and dull")]
     pairs = [(tokenize_pair(tokenizer, p, c), tokenize_pair(tokenizer, p, r)) for p, c, r in triples]
+    base_logps, _ = pair_logprobs(base_model, pairs)
 
-    assert preference_outcomes(model, pairs)[0] == [1.0, 1.0]
-    assert preference_outcomes(model, [(rejected, chosen) for chosen, rejected in pairs])[0] == [0.0, 0.0]
-    assert preference_outcomes(model, [(chosen, chosen) for chosen, _ in pairs])[0] == [0.5, 0.5]
+    def accuracies(pairs, reference):
+        scores = preference_scores(*pair_logprobs(model, pairs), reference)
+        return scores["implicit_reward_accuracy"]["mean"], scores["length_normalised_accuracy"]["mean"]
+
+    uniform = torch.zeros_like(base_logps)  # a reference that scores every response alike
+    assert accuracies(pairs, uniform) == (1.0, 1.0)
+    assert accuracies([(rejected, chosen) for chosen, rejected in pairs], uniform) == (0.0, 0.0)
+    assert accuracies([(chosen, chosen) for chosen, _ in pairs], uniform) == (0.5, 0.5)
+
+
+def test_both_accuracies_on_known_log_probabilities():
+    logps = torch.tensor([[-10.0, -12.0], [-20.0, -12.0], [-6.0, -9.0]])  # (chosen, rejected), summed
+    counts = torch.tensor([[5, 4], [10, 3], [2, 3]])
+    base_logps = torch.tensor([[-11.0, -12.0], [-19.0, -14.0], [-6.0, -9.0]])
+    scores = preference_scores(logps, counts, base_logps)
+    # Implicit rewards chosen - rejected: (1 - 0), (-1 - 2), (0 - 0): a win, a loss and a tie.
+    assert scores["implicit_reward_accuracy"]["mean"] == 0.5
+    assert scores["implicit_reward_margin"]["mean"] == pytest.approx((1 - 3 + 0) / 3)
+    # Per token: -2 against -3, -2 against -4, -3 against -3: two wins and a tie.
+    assert scores["length_normalised_accuracy"]["mean"] == pytest.approx(2.5 / 3)
+    assert scores["length_normalised_margin"]["mean"] == pytest.approx((1 + 2 + 0) / 3)
+
+
+def test_the_base_against_itself_ties_every_pair_on_the_implicit_reward():
+    logps = torch.tensor([[-10.0, -12.0], [-20.0, -12.0]])
+    scores = preference_scores(logps, torch.ones_like(logps), logps)
+    assert scores["implicit_reward_accuracy"] == {"mean": 0.5, "stderr": 0.0}
+    assert scores["implicit_reward_margin"] == {"mean": 0.0, "stderr": 0.0}
 
 
 def test_completion_ends_with_eos_as_trl_adds_it(base):
@@ -90,6 +120,15 @@ def test_sample_logprobs_are_those_generate_sampled_with(base):
         assert counts[row] == len(completion)
 
 
+def test_samples_run_to_the_generation_configs_limit(base):
+    """Not to transformers' default max_length of 20 tokens, prompt included."""
+    tokenizer, model = base
+    samples = sample_completions(model, tokenizer, [tokenizer("The film was")["input_ids"]], 64, seed=0)
+    limit = model.generation_config.max_new_tokens
+    assert max(len(completion) for _, completion in samples) > 20 and limit > 20
+    assert all(len(completion) <= limit for _, completion in samples)
+
+
 def test_model_against_itself_has_kl_zero_and_win_rate_one_half(demo_assets):
     model = str(demo_assets.model_dir)
     results = evaluate_models(
@@ -98,14 +137,44 @@ def test_model_against_itself_has_kl_zero_and_win_rate_one_half(demo_assets):
         str(demo_assets.data_dir),
         runs_dir=None,
         reward_fn="experiment.gold_reward:gold_reward",
+        fluency_fn="experiment.review_grammar:is_review",
         num_prompts=4,
         samples_per_prompt=2,
     )
     scores = results["models"]["demo-base"]
     assert scores["kl"] == {"mean": 0.0, "stderr": 0.0}
     assert scores["win_rate"] == {"mean": 0.5, "stderr": 0.0}
-    assert scores["preference_accuracy"] == results["base"]["preference_accuracy"]
+    assert (
+        scores["implicit_reward_accuracy"]
+        == results["base"]["implicit_reward_accuracy"]
+        == {"mean": 0.5, "stderr": 0.0}
+    )
+    assert scores["length_normalised_accuracy"] == results["base"]["length_normalised_accuracy"]
+    assert scores["fluency"] == results["base"]["fluency"]
     assert results["setup"]["num_prompts"] == 4 and "training" not in scores
+
+
+def test_fluency_counts_only_samples_that_ended_and_that_the_function_accepts(base, demo_assets, tmp_path):
+    """`builtins:bool` accepts any text: fluency is then the share of samples that ended before the token limit."""
+    tokenizer, model = base
+    prompts = list(dict.fromkeys(row["prompt"] for row in read_jsonl(demo_assets.data_dir / "test.jsonl")))[:4]
+    samples = sample_completions(model, tokenizer, [tokenizer(p)["input_ids"] for p in prompts], 4, seed=0)
+    ended = sum(completion[-1] == tokenizer.eos_token_id for _, completion in samples) / len(samples)
+    ended_within_8 = sum(
+        completion[-1] == tokenizer.eos_token_id and len(completion) <= 8 for _, completion in samples
+    ) / len(samples)
+
+    def fluency(max_new_tokens=None, fluency_fn="builtins:bool"):
+        results = evaluate_models(
+            [str(demo_assets.model_dir)], str(demo_assets.model_dir), str(demo_assets.data_dir), runs_dir=None,
+            reward_fn="experiment.gold_reward:gold_reward", fluency_fn=fluency_fn, num_prompts=4,
+            samples_per_prompt=4, max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        return results["base"]["fluency"]["mean"]
+
+    assert fluency() == ended > 0
+    assert fluency(max_new_tokens=8) == ended_within_8 < ended  # the same draws, cut at 8 tokens
+    assert fluency(fluency_fn="experiment.review_grammar:is_review") <= ended
 
 
 def test_distinct_fraction_falls_as_a_sample_repeats_itself():
@@ -182,7 +251,8 @@ def test_train_tokens_are_those_trl_counts(dpo_epoch, demo_assets):
 def test_cli_scores_a_trained_model_with_its_training_cost(dpo_epoch):
     run_dir, results = dpo_epoch
     scores = results["models"]["dpo_test"]
-    assert set(scores) >= {"preference_accuracy", "logp_margin", "reward", "win_rate", "kl", "training"}
+    assert set(scores) >= {"implicit_reward_accuracy", "length_normalised_accuracy", "reward", "win_rate", "kl"}
+    assert "training" in scores and "fluency" not in scores  # no --fluency_fn
     assert scores["kl"]["mean"] != 0.0, "the trained model sampled what the base did"
     training = scores["training"]
     usage = json.loads((run_dir / "outputs" / "dpo_test" / RESOURCE_USAGE_FILE).read_text())  # finish_run's record
@@ -190,3 +260,37 @@ def test_cli_scores_a_trained_model_with_its_training_cost(dpo_epoch):
     assert training["process_cpu_time_s"] == usage["cpu_time_s"]
     assert training["steps"] == 16 and training["epochs"] == 1.0
     assert training["tokens_per_second"] == pytest.approx(training["train_tokens"] / training["train_runtime_s"])
+
+
+def test_reward_model_ranks_held_out_chosen_above_rejected(tiny_reward_model, demo_assets):
+    model, tokenizer = load_reward_model(str(tiny_reward_model), torch.device("cpu"))
+    rows = read_jsonl(demo_assets.data_dir / "test.jsonl")
+    prompts = [row["prompt"] for row in rows]
+    chosen = reward_model_scores(model, tokenizer, prompts, [row["chosen"] for row in rows], batch_size=8)
+    rejected = reward_model_scores(model, tokenizer, prompts, [row["rejected"] for row in rows])
+    accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
+    assert accuracy >= 0.7  # 23 of 32 pairs or more: under 1% likely by chance
+
+
+def test_the_reward_column_comes_from_the_reward_model(tiny_reward_model, demo_assets, base):
+    tokenizer, model = base
+    results = evaluate_models(
+        [str(demo_assets.model_dir)], str(demo_assets.model_dir), str(demo_assets.data_dir), runs_dir=None,
+        reward_model=str(tiny_reward_model), num_prompts=3, samples_per_prompt=2,
+    )  # fmt: skip
+    assert results["setup"]["reward_model"] == str(tiny_reward_model) and results["setup"]["reward_fn"] is None
+
+    rows = read_jsonl(demo_assets.data_dir / "test.jsonl")
+    prompts = list(dict.fromkeys(row["prompt"] for row in rows))[:3]
+    samples = sample_completions(model, tokenizer, [tokenizer(p)["input_ids"] for p in prompts], 2, seed=0)
+    reward_model, reward_tokenizer = load_reward_model(str(tiny_reward_model), torch.device("cpu"))
+    completions = tokenizer.batch_decode([completion for _, completion in samples], skip_special_tokens=True)
+    scores = reward_model_scores(reward_model, reward_tokenizer, [p for p in prompts for _ in range(2)], completions)
+    assert results["base"]["reward"]["mean"] == pytest.approx(sum(scores) / len(scores), abs=1e-5)
+    assert results["models"]["demo-base"]["win_rate"]["mean"] == 0.5
+
+
+def test_a_reward_function_and_a_reward_model_together_are_a_user_error(demo_assets):
+    with pytest.raises(UserError, match="--reward_fn or --reward_model, not both"):
+        evaluate_models([str(demo_assets.model_dir)], str(demo_assets.model_dir), str(demo_assets.data_dir),
+                        reward_fn="experiment.gold_reward:gold_reward", reward_model="my-org/reward-model")  # fmt: skip

@@ -13,7 +13,12 @@ def metric(mean: float) -> dict:
 
 
 def evaluation(reward_fn: str | None) -> dict:
-    sampled = {"reward": metric(0.5), "sample_length": metric(17.0), "distinct_fraction": metric(0.9)}
+    sampled = {
+        "reward": metric(0.5),
+        "fluency": metric(0.8),
+        "sample_length": metric(17.0),
+        "distinct_fraction": metric(0.9),
+    }
     sampled = sampled if reward_fn else {}
     training = {
         "steps": 250,
@@ -28,9 +33,11 @@ def evaluation(reward_fn: str | None) -> dict:
     }
     policy = {"win_rate": metric(0.75), "kl": metric(3.25)} if reward_fn else {}
     setup = {"base_model": "models/demo-base", "dataset": "data/demo", "split": "test", "num_pairs": 200}
-    setup |= {"reward_fn": reward_fn, "num_prompts": 45, "samples_per_prompt": 8, "seed": 0, "device": "cpu"}
-    dpo = {"preference_accuracy": metric(0.6), "logp_margin": metric(0.05), **sampled, **policy, "training": training}
-    base = {"preference_accuracy": metric(0.475), "logp_margin": metric(0.0), **sampled}
+    setup |= {"reward_fn": reward_fn, "reward_model": None, "fluency_fn": "experiment.review_grammar:is_review"}
+    setup |= {"num_prompts": 45, "samples_per_prompt": 8, "seed": 0, "device": "cpu"}
+    accuracies = {"implicit_reward_accuracy": metric(0.7), "length_normalised_accuracy": metric(0.6)}
+    dpo = {**accuracies, **sampled, **policy, "training": training}
+    base = {"implicit_reward_accuracy": metric(0.5), "length_normalised_accuracy": metric(0.475), **sampled}
     if reward_fn:
         base["examples"] = ["The film was dull.", "A plot | twist\nthat works\x17"]
         dpo["examples"] = ["The film was great great great.", "A plot that shines."]
@@ -39,10 +46,28 @@ def evaluation(reward_fn: str | None) -> dict:
 
 def test_tables_show_each_measure_of_each_model():
     markdown = render_markdown(evaluation("experiment.gold_reward:gold_reward"))
-    assert "| base (demo-base) | 0.475 ± 0.010 | 0.000 ± 0.010 | 0.500 ± 0.010 |  |  | 17.0 |" in markdown
-    assert "| dpo_v1 | 0.600 ± 0.010 | 0.050 ± 0.010 | 0.500 ± 0.010 | 0.750 ± 0.010 | 3.2 ± 0.0 | 17.0 |" in markdown
+    assert "| model | implicit-reward accuracy | length-normalised accuracy | reward | fluency |" in markdown
+    assert "| base (demo-base) | 0.500 ± 0.010 | 0.475 ± 0.010 | 0.500 ± 0.010 | 0.80 ± 0.01 |  |  | 17.0 |" in markdown
+    assert (
+        "| dpo_v1 | 0.700 ± 0.010 | 0.600 ± 0.010 | 0.500 ± 0.010 | 0.80 ± 0.01 | 0.750 ± 0.010 | 3.2 ± 0.0 |"
+        in markdown
+    )
     assert "| dpo_v1 | 250 | 40 | 4,852 | 96 | 650 | 0.693 → 0.610 | 200 (1.60) |" in markdown
     assert "| 3.2 ± 0.0 | 17.0 | 0.90 ± 0.01 |" in markdown  # distinct tokens per sample
+    assert "fluency `experiment.review_grammar:is_review`" in markdown
+    assert "all its pairs tie and its accuracy is exactly 0.5" in markdown
+
+
+def test_a_reward_model_is_named_as_the_reward():
+    results = evaluation(None)
+    results["setup"]["reward_model"] = "my-org/reward-model"
+    for scores in (results["base"], results["models"]["dpo_v1"]):
+        scores |= {"reward": metric(1.5), "fluency": metric(0.8), "sample_length": metric(17.0)}
+        scores |= {"distinct_fraction": metric(0.9)}
+    results["models"]["dpo_v1"] |= {"win_rate": metric(0.75), "kl": metric(3.25)}
+    markdown = render_markdown(results)
+    assert "reward model `my-org/reward-model`" in markdown
+    assert "| dpo_v1 | 0.700 ± 0.010 | 0.600 ± 0.010 | 1.500 ± 0.010 |" in markdown
 
 
 def test_samples_table_shows_each_models_examples_on_one_line_each():
@@ -52,27 +77,43 @@ def test_samples_table_shows_each_models_examples_on_one_line_each():
     assert "| dpo_v1 | The film was great great great. | A plot that shines. |" in samples
 
 
-def test_seed_table_gives_the_mean_spread_and_range_over_training_seeds():
-    def run(algorithm, seed, reward, kl):
-        measures = {"preference_accuracy": metric(0.5), "reward": metric(reward), "win_rate": metric(0.6)}
-        return {"algorithm": algorithm, "overrides": {"seed": seed}, **measures, "kl": metric(kl)}
+def sweep_run(algorithm: str, label: str, seed: int, reward: float, kl: float, paper: bool) -> dict:
+    measures = {key: metric(0.6) for key in ("implicit_reward_accuracy", "length_normalised_accuracy", "win_rate")}
+    measures |= {"fluency": metric(0.8), "reward": metric(reward), "kl": metric(kl)}
+    run = {"algorithm": algorithm, "label": label, "overrides": {"seed": seed}, "paper_beta": paper, **measures}
+    return run | {"training": {"process_cpu_time_s": 30.0}}
 
-    seeds = {
-        "created": "2026-01-01T00:00:00+00:00", "setup": {"seed": 0}, "wall_time_s": 120.0,
-        "runs": [run("dpo", 42, 0.6, 10.0), run("dpo", 1, 0.7, 20.0), run("dpo", 2, 0.8, 60.0),
-                 run("kto", 42, 0.5, 5.0)],
-    }  # fmt: skip
-    markdown = render_markdown(evaluation("experiment.gold_reward:gold_reward"), seeds=seeds)
-    table = markdown.split("### Seeds")[1]
-    assert "| dpo | 42, 1, 2 | 0.500 ± 0.000 (0.500–0.500) | 0.700 ± 0.100 (0.600–0.800) |" in table
-    assert "| 30.0 ± 26.5 (10.0–60.0) |" in table  # KL: stdev of 10, 20, 60
-    assert "| kto | 42 | 0.500 ± 0.000 (0.500–0.500) | 0.500 ± 0.000 (0.500–0.500) |" in table
-    assert "2.0 min in all" in table
+
+def test_seed_table_gives_the_mean_spread_and_range_over_training_seeds_at_the_papers_beta():
+    runs = [sweep_run("dpo", "beta 0.1", 42, 0.6, 10.0, True), sweep_run("dpo", "beta 0.1", 1, 0.7, 20.0, True),
+            sweep_run("dpo", "beta 0.1", 2, 0.8, 60.0, True), sweep_run("dpo", "beta 0.3", 42, 0.1, 1.0, False),
+            sweep_run("simpo", "beta 2, gamma 1", 42, 0.5, 5.0, True)]  # fmt: skip
+    base = {"implicit_reward_accuracy": metric(0.5), "length_normalised_accuracy": metric(0.55)}
+    base |= {"reward": metric(0.3), "fluency": metric(0.7)}
+    sweep = {"created": "2026-01-01T00:00:00+00:00", "setup": {"seed": 0}, "wall_time_s": 120.0, "seeds": [42, 1, 2],
+             "base": base, "runs": runs, "matched_kl": {"kl_values": [5.0, 10.0], "reward": {
+                 "dpo": [{"kl": 5.0, "num_seeds": 0, "mean": None, "stdev": None},
+                         {"kl": 10.0, "num_seeds": 3, "mean": 0.65, "stdev": 0.05}],
+                 "simpo": [{"kl": 5.0, "num_seeds": 1, "mean": 0.5, "stdev": None},
+                           {"kl": 10.0, "num_seeds": 0, "mean": None, "stdev": None}]}}}  # fmt: skip
+    markdown = render_markdown(evaluation("experiment.gold_reward:gold_reward"), sweep=sweep)
+    seeds = markdown.split("### Seeds")[1].split("###")[0]
+    # DPO's native accuracy is the implicit reward's: 0.6 - 0.5; SimPO's the length-normalised one: 0.6 - 0.55.
+    assert "| dpo (beta 0.1) | 42, 1, 2 | 0.100 ± 0.000 (0.100–0.100) | 0.600 ± 0.000 (0.600–0.600) |" in seeds
+    assert "| 0.700 ± 0.100 (0.600–0.800) |" in seeds and "| 30.0 ± 26.5 (10.0–60.0) |" in seeds  # KL: 10, 20, 60
+    assert "| simpo (beta 2, gamma 1) | 42 | 0.050 ± 0.000 (0.050–0.050) |" in seeds
+    assert "| base |  |  | 0.500 | 0.550 | 0.300 | 0.70 |  |  |" in seeds
+    matched = markdown.split("### The algorithms at matched KL")[1].split("###")[0]
+    assert "| algorithm | reward at KL 5.0 | reward at KL 10.0 |" in matched
+    assert "| dpo |  | 0.650 ± 0.050 |" in matched and "| simpo | 0.500 (1 of 3 seeds) |  |" in matched
+    grid = markdown.split("### Sweep")[1]
+    assert "| dpo | beta 0.1 | 0.600 ± 0.000 | 0.600 ± 0.000 | 0.700 ± 0.100 |" in grid
+    assert "| dpo | beta 0.3 |" in grid and "5 runs of the v1 configs" in grid and "2.0 min in all" in grid
 
 
 def test_without_a_reward_there_are_no_sample_columns():
     markdown = render_markdown(evaluation(None))
-    assert "| dpo_v1 | 0.600 ± 0.010 | 0.050 ± 0.010 |\n" in markdown
+    assert "| dpo_v1 | 0.700 ± 0.010 | 0.600 ± 0.010 |\n" in markdown
     assert "win rate" not in markdown
 
 
@@ -95,6 +136,6 @@ def test_update_readme_rewrites_the_file(tmp_path):
     readme.write_text(README)
     update_readme(readme, render_markdown(evaluation("experiment.gold_reward:gold_reward")))
     text = readme.read_text()
-    assert "old numbers" not in text and "| dpo_v1 | 0.600 ± 0.010" in text
+    assert "old numbers" not in text and "| dpo_v1 | 0.700 ± 0.010" in text
     assert text.startswith("# Title\n") and text.endswith("## Next section\n")
     assert [path.name for path in tmp_path.iterdir()] == ["README.md"], "a staging file was left behind"

@@ -1,0 +1,117 @@
+"""The default experiment's goal, asserted on the committed results (results/*.json): CI does not rerun the runs.
+
+At its paper's hyperparameters and at each of the three training seeds, each algorithm beats the base model's held-out
+accuracy by at least 0.10 on its own measure, and raises the fluency-aware gold reward with samples at least as fluent
+as the base's; and the sweep compares the algorithms at matched KL over the same seeds. Where the committed results
+fall short, the test is marked as an expected failure, strict: results that meet the goal make it fail, and the mark
+must go.
+"""
+
+import json
+
+import pytest
+
+from experiment.results import NATIVE_ACCURACY, END_MARKER, START_MARKER, native_gain, render_markdown
+from experiment.sweep import GRID, SEEDS
+from tests.conftest import REPO
+
+RESULTS = REPO / "results"
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sweep() -> dict:
+    return load("sweep")
+
+
+def paper_runs(sweep: dict, algorithm: str) -> list[dict]:
+    runs = [run for run in sweep["runs"] if run["algorithm"] == algorithm and run["paper_beta"]]
+    assert sorted(run["overrides"]["seed"] for run in runs) == sorted(SEEDS)
+    return runs
+
+
+def test_the_sweep_scored_every_grid_point_with_the_fluency_aware_gold_reward(sweep):
+    assert sweep["setup"]["reward_fn"] == "experiment.gold_reward:gold_reward"
+    assert sweep["setup"]["fluency_fn"] == "experiment.review_grammar:is_review"
+    assert len(sweep["runs"]) == sum(map(len, GRID.values())) * len(SEEDS)
+
+
+def test_the_base_ties_every_pair_on_the_implicit_reward(sweep):
+    assert sweep["base"]["implicit_reward_accuracy"] == {"mean": 0.5, "stderr": 0.0}
+    assert load("results")["base"]["implicit_reward_accuracy"] == {"mean": 0.5, "stderr": 0.0}
+
+
+# Accuracies are counts of 200 pairs: a gain of exactly 0.10 can come out a rounding error below it.
+TOLERANCE = 1e-9
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        "dpo",
+        "kto",
+        pytest.param(
+            "simpo",
+            marks=pytest.mark.xfail(
+                strict=True, reason="SimPO gains 0.100, 0.110 and 0.085 on its own measure at seeds 42, 1 and 2"
+            ),
+        ),
+    ],
+)
+def test_each_algorithm_beats_the_base_by_010_on_its_native_accuracy_at_every_seed(sweep, algorithm):
+    for run in paper_runs(sweep, algorithm):
+        assert native_gain(run, sweep["base"]) >= 0.10 - TOLERANCE, run["overrides"]
+
+
+def short_of_the_goal(algorithm: str, reason: str):
+    return pytest.param(algorithm, marks=pytest.mark.xfail(strict=True, reason=reason))
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        short_of_the_goal("dpo", "reward 0.311 and fluency 0.613 at seed 42, below the base's 0.342 and 0.676"),
+        short_of_the_goal("kto", "reward 0.325 and fluency 0.617 at seed 2, below the base's 0.342 and 0.676"),
+        short_of_the_goal("simpo", "below the base's reward and fluency at seeds 42 and 2"),
+    ],
+)
+def test_each_algorithm_raises_the_gold_reward_with_fluent_samples_at_every_seed(sweep, algorithm):
+    base = sweep["base"]
+    for run in paper_runs(sweep, algorithm):
+        assert run["reward"]["mean"] > base["reward"]["mean"], run["overrides"]
+        assert run["fluency"]["mean"] >= base["fluency"]["mean"], run["overrides"]
+
+
+@pytest.mark.parametrize("algorithm", NATIVE_ACCURACY)
+def test_at_its_largest_grid_beta_each_raises_the_reward_with_fluent_samples_at_every_seed(sweep, algorithm):
+    """DPO and KTO at beta 0.3, SimPO at beta 4 (gamma 2): the grid's first, most regularised point."""
+    base = sweep["base"]
+    first = GRID[algorithm][0]
+    runs = [run for run in sweep["runs"] if run["algorithm"] == algorithm and first.items() <= run["overrides"].items()]
+    assert sorted(run["overrides"]["seed"] for run in runs) == sorted(SEEDS)
+    for run in runs:
+        assert run["reward"]["mean"] > base["reward"]["mean"], run["overrides"]
+        assert run["fluency"]["mean"] > base["fluency"]["mean"], run["overrides"]
+
+
+def test_the_algorithms_are_compared_at_matched_kl(sweep):
+    """All three frontiers reach two or more common KL values over at least two seeds each; DPO's and KTO's reach
+    three or more over all three seeds."""
+    cells = sweep["matched_kl"]["reward"]
+    assert set(cells) == set(GRID)
+    num_values = len(sweep["matched_kl"]["kl_values"])
+    assert all(len(by_kl) == num_values for by_kl in cells.values())
+    shared = [index for index in range(num_values) if all(cells[name][index]["num_seeds"] >= 2 for name in cells)]
+    assert len(shared) >= 2
+    for name in ("dpo", "kto"):
+        assert sum(cell["num_seeds"] == len(SEEDS) for cell in cells[name]) >= 3
+
+
+def test_the_readme_shows_the_committed_results():
+    markdown = render_markdown(load("results"), load("simpo_ablation"), load("sweep"))
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index(START_MARKER) + len(START_MARKER) : readme.index(END_MARKER)]
+    assert section.strip() == markdown.strip()
