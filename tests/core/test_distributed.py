@@ -5,9 +5,9 @@ step: the Trainer's sampler (accelerate's SeedableRandomSampler for DPO and SimP
 yields the same order in every process, as its seed is the run's `seed`, and accelerate's BatchSamplerShard deals
 consecutive per-device batches to the processes in turn, so step k of N processes covers the same N x 4 examples as
 step k of one process with N x 4. DDP averages the processes' gradients, and the logged loss is the mean of theirs:
-the mean over the global batch. KTO's KL estimate pairs each example with a neighbour in its per-device batch, so it
-differs between the two setups; but it is averaged over the processes and clamped at 0, where it stays over these
-first steps, so KTO's losses match too.
+the mean over the global batch. KTO's KL estimate is the exception: TRL pairs each prompt with the completion of its
+neighbour within a block of `per_device_train_batch_size` examples, so 2 x 4 and 1 x 8 estimate it from different
+mismatched pairs. It shifts KTO's loss a little (measured: 7.9e-5 over these steps), once the estimate is above 0.
 """
 
 import pytest
@@ -21,6 +21,7 @@ from tests.conftest import accelerate_launch, run_script, train_losses, training
 MAX_STEPS = 4
 PER_DEVICE = 4
 NUM_PROCESSES = 2
+KTO_LOSS_TOLERANCE = 5e-4
 
 
 def flags(algorithm, assets, run_dir, per_device):
@@ -66,8 +67,9 @@ def test_two_processes_train_like_one_with_twice_the_batch(runs, algorithm):
     )
     assert len(parallel) == MAX_STEPS
     assert max(single) - min(single) > 1e-3, "the loss did not move: the comparison would prove nothing"
-    # Measured: at most 3e-7 apart, float32 rounding of differently shaped batches.
-    torch.testing.assert_close(parallel, single, atol=1e-5, rtol=0)
+    # Measured: DPO and SimPO at most 3e-7 apart, float32 rounding of differently shaped batches; KTO 7.9e-5, its KL
+    # estimate drawn from other mismatched pairs.
+    torch.testing.assert_close(parallel, single, atol=KTO_LOSS_TOLERANCE if algorithm == "kto" else 1e-5, rtol=0)
     adapter = f"outputs/{algorithm}_test/adapter_model.safetensors"
     single_weights, parallel_weights = load_file(single_dir / adapter), load_file(parallel_dir / adapter)
     torch.testing.assert_close(parallel_weights, single_weights, atol=1e-4, rtol=0)
