@@ -110,7 +110,7 @@ def merge_adapter(
             rounded = LogitGap.measure(merged, token_ids, reference)
         largest_logit = max(logits.abs().max().item() for logits in reference)
         expected = MergedModel(base_shapes, dtype, tied, token_ids, rounded, largest_logit)
-        del base, model, merged
+        del base, model, merged, embeddings
         gc.collect()
 
         # 3. QLoRA: the 4-bit base + adapter that training saw

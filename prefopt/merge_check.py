@@ -7,8 +7,9 @@ adapter) are kept; every other model's logits are reduced, example by example, t
 """
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,42 +72,71 @@ class CheckBatch:
         return tokenizer(example["prompt"] + completion)["input_ids"]
 
 
+# Rows of a half-precision linear layer's weight upcast at a time: blocks of at most 16 MiB in float32.
+BLOCK_BYTES = 16 * 2**20
+
+
 @contextlib.contextmanager
 def float32_arithmetic(model: nn.Module) -> Iterator[None]:
-    """Run `model` in float32 whatever its weights' dtype, without holding a float32 copy of the whole model.
+    """Run `model` in float32 whatever its weights' dtype, without a float32 copy of the model or of a large layer.
 
-    Each module's half-precision parameters are upcast just before the module runs and restored right after it, so
-    the extra memory is one module's weights in float32, and the logits are those of the model upcast as a whole.
+    A linear layer multiplies by its weight a block of rows at a time, each block upcast; an embedding upcasts the
+    rows it looks up; any other module with half-precision parameters (a norm) upcasts them while it runs. The
+    weights stay as they are, and the extra memory is one block of a weight in float32.
     """
-    originals: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
-
-    def half_precision(module: nn.Module) -> list[nn.Parameter]:
-        return [
-            parameter
-            for parameter in module.parameters(recurse=False)
-            if parameter.is_floating_point() and parameter.dtype != torch.float32
-        ]
-
-    def upcast(module: nn.Module, args) -> None:
-        for parameter in half_precision(module):
-            originals[id(parameter)] = parameter, parameter.data
-            parameter.data = parameter.data.float()
-
-    def restore(module: nn.Module, args, output) -> None:
-        for parameter in module.parameters(recurse=False):
-            if id(parameter) in originals:
-                parameter.data = originals.pop(id(parameter))[1]
-
-    hooks = []
+    patched = []
     for module in model.modules():
-        if half_precision(module):
-            hooks += [module.register_forward_pre_hook(upcast), module.register_forward_hook(restore)]
+        if not _half_precision_parameters(module):
+            continue
+        if isinstance(module, nn.Linear):
+            forward = functools.partial(_float32_linear, module)
+        elif isinstance(module, nn.Embedding):
+            forward = functools.partial(_float32_output, module.forward)
+        else:
+            forward = functools.partial(_with_float32_parameters, module, module.forward)
+        patched.append((module, vars(module).get("forward")))
+        module.forward = forward
     try:
         yield
     finally:
-        for hook in hooks:
-            hook.remove()
-        for parameter, original in originals.values():  # left upcast by a forward pass that failed
+        for module, own_forward in patched:
+            if own_forward is None:
+                del module.forward
+            else:
+                module.forward = own_forward
+
+
+def _half_precision_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [
+        parameter
+        for parameter in module.parameters(recurse=False)
+        if parameter.is_floating_point() and parameter.dtype != torch.float32
+    ]
+
+
+def _float32_linear(module: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    inputs = inputs.float()
+    output = inputs.new_empty(*inputs.shape[:-1], module.out_features)
+    rows = max(1, BLOCK_BYTES // (4 * module.in_features))
+    for start in range(0, module.out_features, rows):
+        bias = None if module.bias is None else module.bias[start : start + rows].float()
+        output[..., start : start + rows] = F.linear(inputs, module.weight[start : start + rows].float(), bias)
+    return output
+
+
+def _float32_output(forward: Callable, *args, **kwargs) -> torch.Tensor:
+    return forward(*args, **kwargs).float()
+
+
+def _with_float32_parameters(module: nn.Module, forward: Callable, *args, **kwargs):
+    parameters = _half_precision_parameters(module)
+    originals = [parameter.data for parameter in parameters]
+    for parameter in parameters:
+        parameter.data = parameter.data.float()
+    try:
+        return forward(*args, **kwargs)
+    finally:
+        for parameter, original in zip(parameters, originals):
             parameter.data = original
 
 
@@ -132,15 +162,20 @@ class LogitGap:
     ) -> "LogitGap":
         gap = cls()
         for logits, reference_logits in zip(example_logits(model, token_ids), reference):
-            difference = logits - reference_logits
-            gap.max_abs = max(gap.max_abs, difference.abs().max().item())
-            gap.squared += difference.square().sum().item()
-            # In float64: near-equal distributions' KL is far below float32's resolution, and rounding could make
-            # it negative.
-            log_p, log_q = reference_logits.double().log_softmax(-1), logits.double().log_softmax(-1)
-            gap.kl += max(F.kl_div(log_q, log_p, log_target=True, reduction="sum").item(), 0.0)
-            gap.positions += len(reference_logits)
+            # A few positions at a time, so that the float64 temporaries stay small beside one example's logits.
+            for chunk, reference_chunk in zip(logits.split(8), reference_logits.split(8)):
+                gap._add(chunk, reference_chunk)
         return gap
+
+    def _add(self, logits: torch.Tensor, reference: torch.Tensor) -> None:
+        difference = logits - reference
+        self.max_abs = max(self.max_abs, difference.abs().max().item())
+        self.squared += difference.square().sum().item()
+        # In float64: near-equal distributions' KL is far below float32's resolution, where rounding could make it
+        # negative.
+        log_p, log_q = reference.double().log_softmax(-1), logits.double().log_softmax(-1)
+        self.kl += max(F.kl_div(log_q, log_p, log_target=True, reduction="sum").item(), 0.0)
+        self.positions += len(reference)
 
     @property
     def mean_kl(self) -> float:

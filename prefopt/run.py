@@ -140,13 +140,9 @@ def training_run(
 
 
 def _text(value) -> str:
-    return (
-        ", ".join(map(str, value))
-        if isinstance(value, list)
-        else f"{value:g}"
-        if isinstance(value, float)
-        else str(value)
-    )
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def write_resource_usage(path: Path) -> None:
