@@ -5,6 +5,7 @@ Test files take their shared helpers from here, never from each other.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -134,3 +136,8 @@ def assert_merged_is_base_plus_adapter(merged_dir: Path, base_dir: Path, adapter
             base_logits = adapted(**inputs).logits
     torch.testing.assert_close(merged_logits, adapted_logits, atol=1e-4, rtol=0)
     assert (merged_logits - base_logits).abs().max() > 1e-3, "training left the model unchanged"
+
+
+def front_matter(card_path: Path) -> dict:
+    """The YAML front matter of a model card (README.md), parsed."""
+    return yaml.safe_load(re.match(r"---\n(.*?)\n---\n", card_path.read_text(), re.DOTALL).group(1))

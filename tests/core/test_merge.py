@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-import yaml
 from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
@@ -23,7 +22,14 @@ from prefopt.merge import main as merge_command
 from prefopt.merge import merge_adapter
 from prefopt.merge_check import example_logits, float32_arithmetic
 from prefopt.model_card import base_license, set_card_section
-from tests.conftest import DemoAssets, assert_merged_is_base_plus_adapter, run_command, run_script, training_args
+from tests.conftest import (
+    DemoAssets,
+    assert_merged_is_base_plus_adapter,
+    front_matter,
+    run_command,
+    run_script,
+    training_args,
+)
 
 
 def make_adapter(base_dir, adapter_dir, **lora):
@@ -195,10 +201,6 @@ def test_merge_command_refuses_an_existing_output(bfloat16_run):
     message = f"--out '{merged_dir}' already exists; pass --overwrite to replace it, or choose another --out"
     with pytest.raises(UserError, match=re.escape(message)):
         merge_command([str(adapter_dir), "--out", str(merged_dir)])
-
-
-def front_matter(card_path) -> dict:
-    return yaml.safe_load(re.match(r"---\n(.*?)\n---\n", card_path.read_text(), re.DOTALL).group(1))
 
 
 def test_card_sections_are_added_and_replaced(bfloat16_run, tmp_path):

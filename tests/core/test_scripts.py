@@ -1,10 +1,8 @@
 """End to end: each script trains on the demo data from its shipped config, saves, merges, checks the merge and plots."""
 
 import json
-import re
 
 import pytest
-import yaml
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoTokenizer
@@ -12,7 +10,7 @@ from transformers import AutoTokenizer
 from prefopt.merge import report_line
 from prefopt.plotting import loss_figure
 from prefopt.run_logs import logged, read_log_history
-from tests.conftest import assert_merged_is_base_plus_adapter, run_script, training_args
+from tests.conftest import assert_merged_is_base_plus_adapter, front_matter, run_script, training_args
 
 ALGORITHMS = ("dpo", "kto", "simpo")
 MAX_STEPS = 60
@@ -94,12 +92,12 @@ def test_float32_merge_keeps_the_whole_update_and_reports_it(runs, demo_assets, 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_model_card_is_in_the_hubs_format(runs, demo_assets, algorithm):
     run_dir, _ = runs
-    text = (run_dir / "models" / f"{algorithm}_test" / "README.md").read_text()
-    front_matter = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", text, re.DOTALL).group(1))
-    assert front_matter["base_model"] == str(demo_assets.model_dir)
-    assert front_matter["library_name"] == "transformers"
-    assert {algorithm, "lora", "trl"} <= set(front_matter["tags"])
-    assert "datasets" not in front_matter and "license" not in front_matter  # local data; the demo base has no card
+    card = run_dir / "models" / f"{algorithm}_test" / "README.md"
+    metadata, text = front_matter(card), card.read_text()
+    assert metadata["base_model"] == str(demo_assets.model_dir)
+    assert metadata["library_name"] == "transformers"
+    assert {algorithm, "lora", "trl"} <= set(metadata["tags"])
+    assert "datasets" not in metadata and "license" not in metadata  # local data; the demo base has no card
     assert f"| algorithm | {algorithm.upper()}, beta " in text
     assert f", {MAX_STEPS} steps (" in text and f"| data | {demo_assets.data_dir} [train] |" in text
     assert "| share of the adapter's effect on the logits kept | 100.0% |" in text
