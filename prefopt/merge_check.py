@@ -142,9 +142,12 @@ def _with_float32_parameters(module: nn.Module, forward: Callable, *args, **kwar
 
 def example_logits(model: PreTrainedModel, token_ids: Sequence[list[int]]) -> Iterator[torch.Tensor]:
     """The model's logits for each example in turn, as float32 on the CPU: one forward pass each, so no padding."""
-    with torch.no_grad():
-        for ids in token_ids:
-            yield model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float().cpu()
+    for ids in token_ids:
+        # Not around the yield: the caller would run without gradients, and two of these generators zipped together
+        # would leave them off when the second ends.
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
+        yield logits.float().cpu()
 
 
 @dataclass
