@@ -120,9 +120,9 @@ def main(script_args, training_args, model_args, run_args):
     trainer.save_model()
     trainer.save_state()
 
-    # Merge & plot
+    # Merge (checked against base + adapter) & plot
     del trainer, model
-    finish_run(training_args, model_args, run_args)
+    finish_run(script_args, training_args, model_args, run_args, check_data=eval_dataset or train_dataset)
 
 
 if __name__ == "__main__":

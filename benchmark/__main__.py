@@ -5,7 +5,7 @@ the shipped GPU recipes, and the memory of merging an adapter into a 1 GB model.
     python -m benchmark settings                   # precompute_ref_log_probs, checkpointing, workers, threads
     python -m benchmark scaling                    # step time over max_length and batch size
     python -m benchmark recipes [--quick]          # the GPU recipes on random models of their architectures
-    python -m benchmark merge                      # peak memory of prefopt.merge on a random 1 GB Llama
+    python -m benchmark merge                      # peak memory of prefopt.merge and its check, random 1 GB Llama
     python -m benchmark --algorithms dpo --max_steps 40 --repeats 5
 
 Every training run is a subprocess that trains `training_configs/<algorithm>_v1.yaml` on the demo (or --model and

@@ -207,28 +207,32 @@ def recipes_markdown(report: dict) -> str:
 
 
 def merge_markdown(report: dict) -> str:
-    """The merge suite's report: peak memory against the model's size."""
-    summary, gib = report["summary"], 2**30
+    """The merge suite's report: peak memory against the model's size, for each dtype the base was saved in."""
+    gib = 2**30
     lines = report_header(report) + [
         (
             f"- Model: a random Llama ({', '.join(f'{key} {value}' for key, value in report['base_config'].items())}) "
-            "saved in "
-            f"float32; adapter: LoRA {', '.join(f'{key} {value}' for key, value in MERGE_LORA.items())}. "
-            f"`prefopt.merge.merge_adapter` with dtype float32, each run in a fresh process; median of "
-            f"{len(report['runs'])} runs."
+            f"saved in {' and in '.join(report['summary'])}; adapter: LoRA "
+            f"{', '.join(f'{key} {value}' for key, value in MERGE_LORA.items())}. `prefopt.merge.merge_adapter` "
+            "into the base's dtype, with its check on fixed texts, each run in a fresh process; median of "
+            f"{len(report['runs']) // len(report['summary'])} runs."
         ),
         "",
         markdown_table(
             [
-                "model (GiB)", "adapter (GiB)", "RSS before loading (GiB)", "peak RSS (GiB)", "peak / model",
-                "(peak - before loading) / model", "budget 1.3 x model + adapter (GiB)", "merge time (s)",
+                "base dtype", "model (GiB)", "adapter (GiB)", "RSS before loading (GiB)", "peak RSS (GiB)",
+                "peak / model", "(peak - before loading) / model", "budget 1.3 x model + adapter (GiB)",
+                "merge time (s)",
             ],
-            [[
-                format_number(summary["model_bytes"] / gib), format_number(summary["adapter_bytes"] / gib),
-                format_number(summary["runtime_rss_bytes"] / gib), format_number(summary["peak_rss_bytes"] / gib),
-                format_number(summary["peak_over_model"]), format_number(summary["peak_above_runtime_over_model"]),
-                format_number(summary["budget_bytes"] / gib), format_number(summary["merge_s"]),
-            ]],
+            [
+                [
+                    dtype, format_number(summary["model_bytes"] / gib), format_number(summary["adapter_bytes"] / gib),
+                    format_number(summary["runtime_rss_bytes"] / gib), format_number(summary["peak_rss_bytes"] / gib),
+                    format_number(summary["peak_over_model"]), format_number(summary["peak_above_runtime_over_model"]),
+                    format_number(summary["budget_bytes"] / gib), format_number(summary["merge_s"]),
+                ]
+                for dtype, summary in report["summary"].items()
+            ],
         ),
         "",
     ]  # fmt: skip

@@ -22,6 +22,8 @@ from prefopt.checkpoints import checkpoint_problem
 from prefopt.data import DATA_FILE_BUILDERS
 from prefopt.errors import UserError
 
+MERGED_DTYPES = ("float32", "bfloat16", "float16")
+
 
 @dataclass
 class RunArguments:
@@ -34,6 +36,14 @@ class RunArguments:
     merged_model_dir: str | None = field(
         default=None,
         metadata={"help": "Where the merged model is saved. Defaults to `models/<basename of output_dir>`."},
+    )
+    merged_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "The merged weights' dtype: float32, bfloat16 or float16. Defaults to the base model's saved "
+            "dtype. bfloat16 and float16 round away the part of the adapter's update below half a unit in the last "
+            "place of each weight; merge_report.json says how much of its effect was kept."
+        },
     )
     overwrite_merged: bool = field(
         default=False,
@@ -194,7 +204,7 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
     if run_args.images_dir is None:
         run_args.images_dir = training_args.output_dir
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint)
-    _check_values(training_args, model_args, where=parser.config_path or "command line")
+    _check_values(training_args, model_args, run_args, where=parser.config_path or "command line")
     _check_paths(script_args, model_args, training_args, run_args)
     for warning in unusual_settings(training_args, model_args):
         logger.warning(warning)
@@ -297,7 +307,7 @@ def _resume_value(value):
     return value or None
 
 
-def _check_values(training_args, model_args, where: str) -> None:
+def _check_values(training_args, model_args, run_args: RunArguments, where: str) -> None:
     checks = [
         (training_args.learning_rate > 0, f"learning_rate must be > 0, got {training_args.learning_rate}"),
         (getattr(training_args, "beta", 1) > 0, f"beta must be > 0, got {getattr(training_args, 'beta', None)}"),
@@ -305,6 +315,10 @@ def _check_values(training_args, model_args, where: str) -> None:
         (
             training_args.per_device_train_batch_size >= 1,
             f"per_device_train_batch_size must be >= 1, got {training_args.per_device_train_batch_size}",
+        ),
+        (
+            run_args.merged_dtype in (None, *MERGED_DTYPES),
+            f"merged_dtype must be one of {', '.join(MERGED_DTYPES)}, got '{run_args.merged_dtype}'",
         ),
     ]
     for ok, message in checks:

@@ -5,6 +5,7 @@ Test files take their shared helpers from here, never from each other.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,3 +175,8 @@ def tiny_reward_model(demo_assets, tmp_path_factory) -> Path:
     trainer.train()
     trainer.save_model(str(output_dir))
     return output_dir
+
+
+def front_matter(card_path: Path) -> dict:
+    """The YAML front matter of a model card (README.md), parsed."""
+    return yaml.safe_load(re.match(r"---\n(.*?)\n---\n", card_path.read_text(), re.DOTALL).group(1))

@@ -89,6 +89,9 @@ CONFIG_CASES = {
     "batch of zero": Case(
         "config.yaml: per_device_train_batch_size must be >= 1, got 0", {"per_device_train_batch_size": 0}
     ),
+    "unknown merged_dtype": Case(
+        "config.yaml: merged_dtype must be one of float32, bfloat16, float16, got 'fp16'", {"merged_dtype": "fp16"}
+    ),
     "bf16 on a CPU": Case(
         "config.yaml: Your setup doesn't support bf16/gpu. You need to assign use_cpu if you want to train the model "
         "on CPU.",

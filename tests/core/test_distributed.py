@@ -90,6 +90,8 @@ def test_main_process_alone_merges_and_plots(runs, algorithm):
     # Every entry, hidden ones included, but the run's lock files (prefopt.locking), which stay by design: a second
     # merge or plot would leave a staging file or directory.
     assert entries(parallel_dir / "models") == [f"{algorithm}_test"]
+    assert {"merge_report.json", "README.md"} <= set(entries(parallel_dir / "models" / f"{algorithm}_test"))
+    assert stderr.count("INFO prefopt.merge: merge check (float32, 8 examples of ") == 1
     assert entries(parallel_dir / "images") == [f"{algorithm}_test_train_loss.png"]
 
 

@@ -1,12 +1,16 @@
-"""End to end: each script trains on the demo data from its shipped config, saves, merges and plots."""
+"""End to end: each script trains on the demo data from its shipped config, saves, merges, checks the merge and plots."""
+
+import json
 
 import pytest
 from PIL import Image
+from safetensors import safe_open
 from transformers import AutoTokenizer
 
+from prefopt.merge import report_line
 from prefopt.plotting import loss_figure
 from prefopt.run_logs import logged, read_log_history
-from tests.conftest import assert_merged_is_base_plus_adapter, run_script, training_args
+from tests.conftest import assert_merged_is_base_plus_adapter, front_matter, run_script, training_args
 
 ALGORITHMS = ("dpo", "kto", "simpo")
 MAX_STEPS = 60
@@ -53,8 +57,16 @@ def test_merged_model_is_plain_transformers_model_with_chat_template(runs, algor
     merged_dir = run_dir / "models" / f"{algorithm}_test"
     names = {path.name for path in merged_dir.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= names
-    assert not any(name.startswith("adapter") for name in names)
+    assert {"merge_report.json", "README.md"} <= names
+    # What vLLM needs: the architecture named, weights as safetensors only, and no adapter to apply.
+    assert not any(name.startswith("adapter") or name.endswith((".bin", ".pt", ".pth")) for name in names)
+    config = json.loads((merged_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
     assert AutoTokenizer.from_pretrained(merged_dir).chat_template
+    # The demo base ties its embeddings, and LoRA on all-linear leaves them alone: the merged model stays tied.
+    assert config["tie_word_embeddings"]
+    with safe_open(merged_dir / "model.safetensors", "pt") as weights:
+        assert "lm_head.weight" not in weights.keys() and "model.embed_tokens.weight" in weights.keys()
     leftovers = [path for path in merged_dir.parent.glob(f".{algorithm}_test.*") if path.suffix != ".lock"]
     assert not leftovers, "a staging directory was left behind"
 
@@ -64,6 +76,34 @@ def test_merged_logits_equal_base_plus_adapter(runs, demo_assets, algorithm):
     run_dir, _ = runs
     merged_dir, adapter_dir = run_dir / "models" / f"{algorithm}_test", run_dir / "outputs" / f"{algorithm}_test"
     assert_merged_is_base_plus_adapter(merged_dir, demo_assets.model_dir, adapter_dir)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_float32_merge_keeps_the_whole_update_and_reports_it(runs, demo_assets, algorithm):
+    run_dir, logs = runs
+    report = json.loads((run_dir / "models" / f"{algorithm}_test" / "merge_report.json").read_text())
+    assert report["check_batch"]["source"] == f"{demo_assets.data_dir} [test]"
+    assert report["check_batch"]["examples"] == 8
+    assert (report["base_dtype"], report["merged_dtype"], report["word_embeddings"]) == ("float32", "float32", "tied")
+    # Measured: at most 9e-6 apart, float32 summation order, where the adapter moves logits by 6.2 to 8.5.
+    assert report["max_abs_logit_diff"] < 1e-4 < 0.1 < report["adapter_effect_max_abs_logit_diff"]
+    assert report["share_kept"] > 0.9999 and report["mean_kl"] < 1e-9
+    assert report["qlora_gap"] is None and report["warning"] is None
+    assert f"INFO prefopt.merge: {report_line(report)}" in logs[algorithm].stderr
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_model_card_is_in_the_hubs_format(runs, demo_assets, algorithm):
+    run_dir, _ = runs
+    card = run_dir / "models" / f"{algorithm}_test" / "README.md"
+    metadata, text = front_matter(card), card.read_text()
+    assert metadata["base_model"] == str(demo_assets.model_dir)
+    assert metadata["library_name"] == "transformers"
+    assert {algorithm, "lora", "trl"} <= set(metadata["tags"])
+    assert "datasets" not in metadata and "license" not in metadata  # local data; the demo base has no card
+    assert f"| algorithm | {algorithm.upper()}, beta " in text
+    assert f", {MAX_STEPS} steps (" in text and f"| data | {demo_assets.data_dir} [train] |" in text
+    assert "| share of the adapter's effect on the logits kept | 100.0% |" in text
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
