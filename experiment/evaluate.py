@@ -47,10 +47,12 @@ from trl import ModelConfig, ScriptArguments
 from trl.data_utils import maybe_extract_prompt
 
 from experiment.convergence import smooth, steps_to_stable_loss
+from experiment.results import model_card_evaluation
 from experiment.commands import command_parser, log_progress
 from prefopt.atomic import atomic_file
 from prefopt.data import check_columns, load_preference_dataset
 from prefopt.errors import UserError, exit_on_user_error
+from prefopt.model_card import CARD_FILE, set_card_section
 from prefopt.modeling import load_model, load_tokenizer
 from prefopt.run import RESOURCE_USAGE_FILE
 from prefopt.run_logs import TRAINER_STATE, loss_curves, read_trainer_state
@@ -526,6 +528,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     with atomic_file(args.output) as staging:
         staging.write_text(json.dumps(results, indent=2) + "\n")
+    for name, model in results["models"].items():
+        if (Path(model["path"]) / CARD_FILE).is_file():  # a model merged by this repository's scripts has a card
+            set_card_section(model["path"], "Evaluation", model_card_evaluation(results, name))
     logger.info("evaluate: %d models in %.0fs -> %s", len(models), results["evaluation_time_s"], args.output)
 
 

@@ -65,20 +65,12 @@ def _evaluation_table(results: dict) -> str:
         )
     what.append(f"{setup['device']}, {results['created']}")
 
-    header = ["model", "implicit-reward accuracy", "length-normalised accuracy"]
-    if sampled:
-        header += [
-            "reward", "fluency", "win rate vs base", "KL from base (nats)", "sample length (tokens)",
-            "distinct tokens per sample",
-        ]  # fmt: skip
-    models = {f"base ({Path(setup['base_model']).name})": results["base"], **results["models"]}
-    rows = [_evaluation_row(name, scores, sampled) for name, scores in models.items()]
     lines = [
         "### Held-out evaluation",
         "",
         "; ".join(what) + ". Means ± standard error.",
         "",
-        markdown_table(header, rows),
+        held_out_table(results),
         "",
         ACCURACIES_NOTE,
     ]
@@ -105,9 +97,41 @@ def _evaluation_table(results: dict) -> str:
             "The first sample of the first held-out prompts, as the reward scored them.",
             "",
         ]
+        models = {f"base ({Path(setup['base_model']).name})": results["base"], **results["models"]}
         rows = [[name, *(table_cell(text) for text in scores["examples"])] for name, scores in models.items()]
         lines.append(markdown_table(["model", *(f"prompt {index + 1}" for index in range(len(rows[0]) - 1))], rows))
     return "\n".join(lines)
+
+
+def held_out_table(results: dict, names: list[str] | None = None) -> str:
+    """The held-out evaluation's table: the base model, then the evaluated models named (all by default)."""
+    setup = results["setup"]
+    sampled = bool(reward_name(setup))
+    header = ["model", "implicit-reward accuracy", "length-normalised accuracy"]
+    if sampled:
+        header += [
+            "reward", "fluency", "win rate vs base", "KL from base (nats)", "sample length (tokens)",
+            "distinct tokens per sample",
+        ]  # fmt: skip
+    models = {
+        f"base ({Path(setup['base_model']).name})": results["base"],
+        **{name: results["models"][name] for name in names or results["models"]},
+    }
+    return markdown_table(header, [_evaluation_row(name, scores, sampled) for name, scores in models.items()])
+
+
+def model_card_evaluation(results: dict, name: str) -> str:
+    """The held-out evaluation of one model beside its base, as its model card's Evaluation section shows it."""
+    setup = results["setup"]
+    scored = f"; samples scored by {reward_name(setup)}" if reward_name(setup) else ""
+    return "\n\n".join(
+        [
+            f"On {setup['num_pairs']} held-out pairs of `{setup['dataset']}` [{setup['split']}]{scored} "
+            f"(`python -m experiment.evaluate`, {results['created']}). Means ± standard error.",
+            held_out_table(results, [name]),
+            ACCURACIES_NOTE,
+        ]
+    )
 
 
 ACCURACIES_NOTE = (

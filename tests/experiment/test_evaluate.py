@@ -262,6 +262,15 @@ def test_cli_scores_a_trained_model_with_its_training_cost(dpo_epoch):
     assert training["tokens_per_second"] == pytest.approx(training["train_tokens"] / training["train_runtime_s"])
 
 
+def test_cli_adds_the_evaluation_to_the_merged_models_card(dpo_epoch):
+    run_dir, results = dpo_epoch
+    card = (run_dir / "models" / "dpo_test" / "README.md").read_text()
+    evaluation = card.split("## Evaluation\n")[1]
+    accuracy = results["models"]["dpo_test"]["implicit_reward_accuracy"]
+    assert f"| dpo_test | {accuracy['mean']:.3f} ± {accuracy['stderr']:.3f} |" in evaluation
+    assert "| base (" in evaluation and "## Merge check" in card.split("## Evaluation")[0]
+
+
 def test_reward_model_ranks_held_out_chosen_above_rejected(tiny_reward_model, demo_assets):
     model, tokenizer = load_reward_model(str(tiny_reward_model), torch.device("cpu"))
     rows = read_jsonl(demo_assets.data_dir / "test.jsonl")
