@@ -75,7 +75,7 @@ def build_demo_assets(
     data_dir: str | Path = "data/demo",
     *,
     seed: int = 0,
-    num_train_pairs: int = 2000,
+    num_train_pairs: int = 4000,
     num_test_pairs: int = 200,
     pretrain_steps: int = 300,
     samples_per_prompt: int = 6,
@@ -271,11 +271,13 @@ def _build_preference_data(
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     train_prompts, test_prompts = split_prompts(seed)
 
-    torch.manual_seed(seed)
     sampling = dict(samples_per_prompt=samples_per_prompt, min_margin=min_margin)
+    # Each split from its own seed: the held-out pairs stay the same whatever the number of train pairs.
+    torch.manual_seed(_rng(seed, "train-sampling").getrandbits(63))
     train_pairs, train_margins, train_rewards = _sample_preference_pairs(
         model, tokenizer, train_prompts, num_train_pairs, **sampling
     )
+    torch.manual_seed(_rng(seed, "test-sampling").getrandbits(63))
     test_pairs, test_margins, test_rewards = _sample_preference_pairs(
         model, tokenizer, test_prompts, num_test_pairs, **sampling
     )

@@ -124,6 +124,14 @@ def test_label_noise_swaps_train_labels_only(assets, tmp_path):
     assert (tmp_path / "test.jsonl").read_bytes() == (clean_dir / "test.jsonl").read_bytes()
 
 
+def test_held_out_pairs_do_not_depend_on_the_number_of_train_pairs(assets, tmp_path):
+    model_dir, data_dir = assets
+    build_demo_assets(model_dir, tmp_path, label_noise=0.0, **{**TINY, "num_train_pairs": 24})
+
+    assert len(read_jsonl(tmp_path / "train.jsonl")) == 24
+    assert (tmp_path / "test.jsonl").read_bytes() == (data_dir / "test.jsonl").read_bytes()
+
+
 def test_same_seed_rebuilds_identical_data(assets, tmp_path):
     _, data_dir = assets
     build_demo_assets(tmp_path / "model", tmp_path / "data", label_noise=0.0, **TINY)
