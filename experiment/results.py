@@ -296,7 +296,7 @@ def _matched_kl_table(sweep: dict) -> str:
         "they share none, never beyond a frontier's ends. Each cell: mean reward over the seeds whose frontier reaches "
         "that KL ± their standard deviation."
     )
-    header = ["algorithm", *(f"reward at KL {kl:.1f}" for kl in matched["kl_values"])]
+    header = ["algorithm", *(f"reward at KL {kl:.2f}" for kl in matched["kl_values"])]  # the shared range can be narrow
     return "\n".join(["### The algorithms at matched KL", "", what, "", markdown_table(header, rows)])
 
 

@@ -48,24 +48,6 @@ def test_the_base_ties_every_pair_on_the_implicit_reward(sweep):
 TOLERANCE = 1e-9
 
 
-@pytest.mark.parametrize(
-    "algorithm",
-    [
-        "dpo",
-        "kto",
-        pytest.param(
-            "simpo",
-            marks=pytest.mark.xfail(
-                strict=True, reason="SimPO gains 0.100, 0.110 and 0.085 on its own measure at seeds 42, 1 and 2"
-            ),
-        ),
-    ],
-)
-def test_each_algorithm_beats_the_base_by_010_on_its_native_accuracy_at_every_seed(sweep, algorithm):
-    for run in paper_runs(sweep, algorithm):
-        assert native_gain(run, sweep["base"]) >= 0.10 - TOLERANCE, run["overrides"]
-
-
 def short_of_the_goal(algorithm: str, reason: str):
     return pytest.param(algorithm, marks=pytest.mark.xfail(strict=True, reason=reason))
 
@@ -73,9 +55,22 @@ def short_of_the_goal(algorithm: str, reason: str):
 @pytest.mark.parametrize(
     "algorithm",
     [
-        short_of_the_goal("dpo", "reward 0.311 and fluency 0.613 at seed 42, below the base's 0.342 and 0.676"),
-        short_of_the_goal("kto", "reward 0.325 and fluency 0.617 at seed 2, below the base's 0.342 and 0.676"),
-        short_of_the_goal("simpo", "below the base's reward and fluency at seeds 42 and 2"),
+        "dpo",
+        "kto",
+        short_of_the_goal("simpo", "gains 0.065, 0.095 and 0.070 on its own measure at seeds 42, 1 and 2"),
+    ],
+)
+def test_each_algorithm_beats_the_base_by_010_on_its_native_accuracy_at_every_seed(sweep, algorithm):
+    for run in paper_runs(sweep, algorithm):
+        assert native_gain(run, sweep["base"]) >= 0.10 - TOLERANCE, run["overrides"]
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        "dpo",
+        short_of_the_goal("kto", "fluency 0.653 at seed 1, below the base's 0.676 (its reward 0.352 is above)"),
+        "simpo",
     ],
 )
 def test_each_algorithm_raises_the_gold_reward_with_fluent_samples_at_every_seed(sweep, algorithm):

@@ -104,7 +104,7 @@ def test_seed_table_gives_the_mean_spread_and_range_over_training_seeds_at_the_p
     assert "| simpo (beta 2, gamma 1) | 42 | 0.050 ± 0.000 (0.050–0.050) |" in seeds
     assert "| base |  |  | 0.500 | 0.550 | 0.300 | 0.70 |  |  |" in seeds
     matched = markdown.split("### The algorithms at matched KL")[1].split("###")[0]
-    assert "| algorithm | reward at KL 5.0 | reward at KL 10.0 |" in matched
+    assert "| algorithm | reward at KL 5.00 | reward at KL 10.00 |" in matched
     assert "| dpo |  | 0.650 ± 0.050 |" in matched and "| simpo | 0.500 (1 of 3 seeds) |  |" in matched
     grid = markdown.split("### Sweep")[1]
     assert "| dpo | beta 0.1 | 0.600 ± 0.000 | 0.600 ± 0.000 | 0.700 ± 0.100 |" in grid
