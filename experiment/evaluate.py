@@ -480,6 +480,13 @@ def _score_samples(
     return scores, rewards
 
 
+def add_evaluation_to_model_cards(results: dict) -> None:
+    """Give each evaluated model that this repository's scripts merged (those have a card) its Evaluation section."""
+    for name, model in results["models"].items():
+        if (Path(model["path"]) / CARD_FILE).is_file():
+            set_card_section(model["path"], "Evaluation", model_card_evaluation(results, name))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("experiment.evaluate", __doc__)
     parser.add_argument(
@@ -528,9 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     with atomic_file(args.output) as staging:
         staging.write_text(json.dumps(results, indent=2) + "\n")
-    for name, model in results["models"].items():
-        if (Path(model["path"]) / CARD_FILE).is_file():  # a model merged by this repository's scripts has a card
-            set_card_section(model["path"], "Evaluation", model_card_evaluation(results, name))
+    add_evaluation_to_model_cards(results)
     logger.info("evaluate: %d models in %.0fs -> %s", len(models), results["evaluation_time_s"], args.output)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from experiment.evaluate import evaluate_models
+from experiment.evaluate import add_evaluation_to_model_cards, evaluate_models
 from experiment.figures import reward_vs_kl_figure, scored_with_reward
 from experiment.commands import command_parser, log_progress
 from prefopt.atomic import atomic_file
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     with atomic_file(args.output) as staging:
         staging.write_text(json.dumps(sweep, indent=2) + "\n")
+    add_evaluation_to_model_cards(evaluation)
     save_figure(reward_vs_kl_figure(scored_with_reward(args.results), sweep), "images/comparison_reward_vs_kl.png")
     logger.info("sweep: %d runs in %.1f min -> %s", len(points), sweep["wall_time_s"] / 60, args.output)
 
