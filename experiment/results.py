@@ -127,7 +127,7 @@ def model_card_evaluation(results: dict, name: str) -> str:
     return "\n\n".join(
         [
             f"On {setup['num_pairs']} held-out pairs of `{setup['dataset']}` [{setup['split']}]{scored} "
-            f"(`python -m experiment.evaluate`, {results['created']}). Means ± standard error.",
+            f"(`experiment.evaluate`, {results['created']}). Means ± standard error.",
             held_out_table(results, [name]),
             ACCURACIES_NOTE,
         ]
