@@ -458,7 +458,7 @@ def test_hub_ids_unreachable_with_nothing_cached(tmp_path, demo_assets):
 
 
 def test_accelerate_processes_that_do_not_join_one_run(case_dir, demo_assets):
-    """Two processes on a machine without GPUs, without use_cpu: each refuses before anything is written. accelerate
+    """Two processes on a machine without GPUs, without use_cpu: they refuse before anything is written. accelerate
     launch itself then exits 1, with its own report of the failed processes."""
     args = prepare(Case(""), case_dir, demo_assets.model_dir)
     before = tree(case_dir)
@@ -467,8 +467,10 @@ def test_accelerate_processes_that_do_not_join_one_run(case_dir, demo_assets):
         "accelerate started 2 processes but they did not join one run; on a machine without GPUs set use_cpu: true "
         "(or --use_cpu true)"
     )
-    assert error_lines(result.stderr) == [f"error: {message}"] * 2
-    assert result.stderr.count("exitcode  : 2") == 2  # torch's summary of the two processes
+    # Each process refuses, but the launcher stops the other once the first has exited: torch's summary may then name
+    # only the first with our exit status, and the other's line may not be out yet (seen in CI).
+    assert error_lines(result.stderr) in ([f"error: {message}"], [f"error: {message}"] * 2)
+    assert "exitcode  : 2" in result.stderr
     assert result.returncode == 1
     assert tree(case_dir) - before == set()
 
