@@ -122,7 +122,7 @@ def main(script_args, training_args, model_args, run_args):
 
     # Merge (checked against base + adapter) & plot
     del trainer, model
-    finish_run(script_args, training_args, model_args, run_args, check_data=eval_dataset or train_dataset)
+    finish_run(script_args, training_args, model_args, run_args, train_dataset, eval_dataset)
 
 
 if __name__ == "__main__":

@@ -71,11 +71,16 @@ def start_run(training_args, run_args: RunArguments) -> None:
 
 
 def finish_run(
-    script_args: ScriptArguments, training_args, model_args: ModelConfig, run_args: RunArguments, check_data: Dataset
+    script_args: ScriptArguments,
+    training_args,
+    model_args: ModelConfig,
+    run_args: RunArguments,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
 ) -> None:
-    """Merge `output_dir`'s adapter into `merged_model_dir`, checked on `check_data`, and plot the losses.
+    """Merge `output_dir`'s adapter into `merged_model_dir`, checked on the first rows of the data the run evaluated
+    on (else of its training data), and plot the losses.
 
-    `check_data` is the data the run evaluated on, else its training data: the merge is checked on its first rows.
     Call it after the trainer and its model are deleted: the merge loads an unquantized copy of the base.
     """
     clear_device_cache(garbage_collection=True)
@@ -84,9 +89,11 @@ def finish_run(
         output_dir = Path(training_args.output_dir)
         write_resource_usage(output_dir / RESOURCE_USAGE_FILE)  # before the merge adds its own
         if run_args.merge and model_args.use_peft:  # a full fine-tune is already whole in output_dir
-            # load_preference_data returns the test split exactly when the run evaluates.
-            evaluated = training_args.eval_strategy != "no"
-            split = script_args.dataset_test_split if evaluated else script_args.dataset_train_split
+            check_data, split = (
+                (eval_dataset, script_args.dataset_test_split)
+                if eval_dataset is not None
+                else (train_dataset, script_args.dataset_train_split)
+            )
             merge_adapter(
                 output_dir,
                 run_args.merged_model_dir,
