@@ -82,11 +82,25 @@ def test_both_accuracies_on_known_log_probabilities():
     assert scores["length_normalised_margin"]["mean"] == pytest.approx((1 + 2 + 0) / 3)
 
 
+def test_accuracy_gains_are_paired_differences_with_the_base_on_the_same_pairs():
+    logps = torch.tensor([[-1.0, -2.0], [-3.0, -2.0], [-1.0, -2.0], [-1.0, -2.0]])  # one token per response
+    base_logps = torch.tensor([[-2.0, -1.0], [-3.0, -2.0], [-1.0, -2.0], [-2.0, -2.0]])
+    scores = preference_scores(logps, torch.ones_like(logps), base_logps)
+    # Per token, the model wins, loses, wins, wins; the base loses, loses, wins, ties: differences 1, 0, 0, 0.5.
+    assert scores["length_normalised_accuracy"]["mean"] == 0.75
+    assert scores["length_normalised_accuracy_gain"]["mean"] == 0.375
+    assert scores["length_normalised_accuracy_gain"]["stderr"] == pytest.approx((0.6875 / 3 / 4) ** 0.5)
+    # Implicit-reward margins 2, 0, 0, 1 against the base's ties at 0.5: differences 0.5, 0, 0, 0.5.
+    assert scores["implicit_reward_accuracy_gain"] == pytest.approx({"mean": 0.25, "stderr": (1 / 12 / 4) ** 0.5})
+
+
 def test_the_base_against_itself_ties_every_pair_on_the_implicit_reward():
     logps = torch.tensor([[-10.0, -12.0], [-20.0, -12.0]])
     scores = preference_scores(logps, torch.ones_like(logps), logps)
     assert scores["implicit_reward_accuracy"] == {"mean": 0.5, "stderr": 0.0}
     assert scores["implicit_reward_margin"] == {"mean": 0.0, "stderr": 0.0}
+    for measure in ("implicit_reward", "length_normalised"):
+        assert scores[f"{measure}_accuracy_gain"] == {"mean": 0.0, "stderr": 0.0}
 
 
 def test_completion_ends_with_eos_as_trl_adds_it(base):
