@@ -82,7 +82,7 @@ def test_merged_logits_equal_base_plus_adapter(runs, demo_assets, algorithm):
 def test_float32_merge_keeps_the_whole_update_and_reports_it(runs, demo_assets, algorithm):
     run_dir, logs = runs
     report = json.loads((run_dir / "models" / f"{algorithm}_test" / "merge_report.json").read_text())
-    assert report["check_batch"]["source"] == f"{demo_assets.data_dir} [test]"
+    assert report["check_batch"]["source"] == f"{demo_assets.data_dir} [validation]"
     assert report["check_batch"]["examples"] == 8
     assert (report["base_dtype"], report["merged_dtype"], report["word_embeddings"]) == ("float32", "float32", "tied")
     # Measured: at most 9e-6 apart, float32 summation order, where the adapter moves logits by 6.2 to 8.5.

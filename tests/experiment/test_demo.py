@@ -16,7 +16,7 @@ from tests.conftest import read_jsonl
 
 TINY = dict(num_train_pairs=64, num_test_pairs=16, pretrain_steps=150)  # fewer steps leave too few reviews to pair
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-DATA_FILES = ("train.jsonl", "test.jsonl", "metadata.json")
+DATA_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "metadata.json")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,17 @@ def test_test_prompts_are_held_out(assets):
     train_prompts = {row["prompt"] for row in read_jsonl(data_dir / "train.jsonl")}
     test_prompts = {row["prompt"] for row in read_jsonl(data_dir / "test.jsonl")}
     assert train_prompts and test_prompts and not train_prompts & test_prompts
+
+
+def test_the_validation_split_is_the_head_of_the_held_out_pairs(assets, tmp_path):
+    """The trainers evaluate on at most 200 held-out pairs; held-out evaluation reads all of them."""
+    model_dir, data_dir = assets
+    assert read_jsonl(data_dir / "validation.jsonl") == read_jsonl(data_dir / "test.jsonl")  # 16 pairs: all of them
+    build_demo_assets(model_dir, tmp_path, label_noise=0.0, **{**TINY, "num_train_pairs": 8, "num_test_pairs": 230})
+    test_rows = read_jsonl(tmp_path / "test.jsonl")
+    assert len(test_rows) == 230
+    assert read_jsonl(tmp_path / "validation.jsonl") == test_rows[:200]
+    assert json.loads((tmp_path / "metadata.json").read_text())["num_validation_pairs"] == 200
 
 
 def test_without_label_noise_chosen_is_a_review_a_clear_margin_above_rejected(assets):
