@@ -1,10 +1,11 @@
 """The default experiment's goal, asserted on the committed results (results/*.json): CI does not rerun the runs.
 
-At its paper's hyperparameters and at each of the three training seeds, each algorithm beats the base model's held-out
-accuracy by at least 0.10 on its own measure, and raises the fluency-aware gold reward with samples at least as fluent
-as the base's; and the sweep compares the algorithms at matched KL over the same seeds. Where the committed results
-fall short, the test is marked as an expected failure, strict: results that meet the goal make it fail, and the mark
-must go.
+At its paper's hyperparameters and across the three training seeds, each algorithm beats the base model's held-out
+accuracy by at least 0.10 on its own measure and raises the fluency-aware gold reward, at every seed, with samples at
+least as fluent as the base's over the seeds; and the sweep compares the algorithms at matched KL over the same seeds.
+Fluency is held to the mean over the seeds: one run's fluency moves by 0.07-0.27 from seed to seed in every setup
+tried (README, "What was tried"). Where the committed results fall short of a bound, the test is marked as an expected
+failure, strict: results that meet it make it fail, and the mark must go.
 """
 
 import json
@@ -47,7 +48,7 @@ def test_the_base_ties_every_pair_on_the_implicit_reward(sweep):
     assert load("results")["base"]["implicit_reward_accuracy"] == {"mean": 0.5, "stderr": 0.0}
 
 
-# Accuracies are counts of 200 pairs: a gain of exactly 0.10 can come out a rounding error below it.
+# Accuracies are counts of 2000 pairs: a gain of exactly 0.10 can come out a rounding error below it.
 TOLERANCE = 1e-9
 
 
@@ -55,32 +56,32 @@ def short_of_the_goal(algorithm: str, reason: str):
     return pytest.param(algorithm, marks=pytest.mark.xfail(strict=True, reason=reason))
 
 
-@pytest.mark.parametrize(
-    "algorithm",
-    [
-        "dpo",
-        "kto",
-        short_of_the_goal("simpo", "gains 0.065, 0.095 and 0.070 on its own measure at seeds 42, 1 and 2"),
-    ],
-)
+@pytest.mark.parametrize("algorithm", NATIVE_ACCURACY)
 def test_each_algorithm_beats_the_base_by_010_on_its_native_accuracy_at_every_seed(sweep, algorithm):
     for run in paper_runs(sweep, algorithm):
         assert native_gain(run, sweep["base"]) >= 0.10 - TOLERANCE, run["overrides"]
 
 
+@pytest.mark.parametrize("algorithm", NATIVE_ACCURACY)
+def test_each_algorithm_raises_the_gold_reward_at_every_seed(sweep, algorithm):
+    for run in paper_runs(sweep, algorithm):
+        assert run["reward"]["mean"] > sweep["base"]["reward"]["mean"], run["overrides"]
+
+
+@pytest.mark.parametrize("algorithm", NATIVE_ACCURACY)
+def test_each_algorithm_keeps_its_samples_as_fluent_as_the_base_over_the_seeds(sweep, algorithm):
+    fluency = [run["fluency"]["mean"] for run in paper_runs(sweep, algorithm)]
+    assert sum(fluency) / len(fluency) >= sweep["base"]["fluency"]["mean"], fluency
+
+
 @pytest.mark.parametrize(
     "algorithm",
-    [
-        "dpo",
-        short_of_the_goal("kto", "fluency 0.653 at seed 1, below the base's 0.676 (its reward 0.352 is above)"),
-        "simpo",
-    ],
+    ["dpo", short_of_the_goal("kto", "fluency 0.653 at seed 1, below the base's 0.676"), "simpo"],
 )
-def test_each_algorithm_raises_the_gold_reward_with_fluent_samples_at_every_seed(sweep, algorithm):
-    base = sweep["base"]
+def test_each_algorithm_keeps_its_samples_as_fluent_as_the_base_at_every_seed(sweep, algorithm):
+    """The stricter reading of the fluency bound: what the README reports beside the mean."""
     for run in paper_runs(sweep, algorithm):
-        assert run["reward"]["mean"] > base["reward"]["mean"], run["overrides"]
-        assert run["fluency"]["mean"] >= base["fluency"]["mean"], run["overrides"]
+        assert run["fluency"]["mean"] >= sweep["base"]["fluency"]["mean"], run["overrides"]
 
 
 @pytest.mark.parametrize("algorithm", NATIVE_ACCURACY)
