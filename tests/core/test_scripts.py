@@ -17,6 +17,9 @@ MAX_STEPS = 60
 # The tests that check learning train 60 steps at 2e-3, ten times the v1 configs' rate, where their thresholds were set:
 # at 2e-4, which keeps the demo's samples fluent, a loss falls too little in 60 steps to tell learning from noise.
 FAST = ("--learning_rate", "2e-3")
+# The same schedule for the three, with several evaluations and checkpoints in 60 steps (the v1 configs' are per fifth
+# of an epoch).
+SCHEDULE = ("--eval_steps", "25", "--save_steps", "50")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,9 @@ def runs(demo_assets, tmp_path_factory):
     """Each algorithm trained once for MAX_STEPS; tests read what the runs left behind."""
     run_dir = tmp_path_factory.mktemp("runs")
     logs = {
-        algorithm: run_script(f"{algorithm}.py", *training_args(algorithm, demo_assets, run_dir, MAX_STEPS, *FAST))
+        algorithm: run_script(
+            f"{algorithm}.py", *training_args(algorithm, demo_assets, run_dir, MAX_STEPS, *FAST, *SCHEDULE)
+        )
         for algorithm in ALGORITHMS
     }
     return run_dir, logs
