@@ -14,7 +14,7 @@ STEPS = 4
 def conversational_data(demo_assets, tmp_path_factory):
     """The demo pairs as chat messages: the prompt a user turn, chosen and rejected assistant turns."""
     directory = tmp_path_factory.mktemp("conversational")
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         rows = [
             {
                 "prompt": [{"role": "user", "content": row["prompt"]}],
