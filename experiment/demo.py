@@ -287,13 +287,14 @@ def _build_preference_data(
         model, tokenizer, test_prompts, num_test_pairs, **sampling
     )
     num_flipped = _flip_labels(train_pairs, label_noise, _rng(seed, "label-noise"))
+    validation_pairs = test_pairs[:_VALIDATION_PAIRS]
 
     base_rewards = train_rewards + test_rewards
     metadata = {
         "seed": seed,
         "num_train_pairs": num_train_pairs,
         "num_test_pairs": num_test_pairs,
-        "num_validation_pairs": min(_VALIDATION_PAIRS, num_test_pairs),
+        "num_validation_pairs": len(validation_pairs),
         "num_train_prompts": len(train_prompts),
         "num_test_prompts": len(test_prompts),
         "samples_per_prompt": samples_per_prompt,
@@ -315,7 +316,7 @@ def _build_preference_data(
     }
     with atomic_directory(data_dir) as staging_dir:
         (staging_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-        splits = {"train": train_pairs, "validation": test_pairs[:_VALIDATION_PAIRS], "test": test_pairs}
+        splits = {"train": train_pairs, "validation": validation_pairs, "test": test_pairs}
         for split, pairs in splits.items():
             (staging_dir / f"{split}.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
     logger.info(
