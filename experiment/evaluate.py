@@ -66,20 +66,33 @@ PromptCompletion = tuple[list[int], list[int]]
 
 
 # --- Log-probabilities ----------------------------------------------------------------------------------------------
-def tokenize_pair(tokenizer: PreTrainedTokenizerBase, prompt: str | list, completion: str | list) -> PromptCompletion:
-    """Prompt and completion token ids as TRL's DPO and KTO trainers build them.
+def tokenize_pairs(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list], completions: Sequence[str | list]
+) -> list[PromptCompletion]:
+    """Prompt and completion token ids of each prompt and completion, as TRL's DPO and KTO trainers build them.
 
-    Text completions end with EOS; conversations go through the chat template. The completion starts where the
-    tokenized prompt and prompt + completion diverge, which is not always the prompt's end.
+    Text completions end with EOS, and texts are tokenized in one batch; conversations go through the chat template.
+    The completion starts where the tokenized prompt and prompt + completion diverge, which is not always the prompt's
+    end.
     """
-    if isinstance(prompt, list):
-        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
-        full_ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False)
+    if any(isinstance(prompt, list) for prompt in prompts):
+        prompt_ids = [
+            tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+            for prompt in prompts
+        ]
+        full_ids = [
+            tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False)
+            for prompt, completion in zip(prompts, completions)
+        ]
     else:
-        if not completion.endswith(tokenizer.eos_token):
-            completion += tokenizer.eos_token
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        full_ids = tokenizer(prompt + completion)["input_ids"]
+        eos = tokenizer.eos_token
+        completions = [completion if completion.endswith(eos) else completion + eos for completion in completions]
+        prompt_ids = tokenizer(list(prompts))["input_ids"]
+        full_ids = tokenizer([prompt + completion for prompt, completion in zip(prompts, completions)])["input_ids"]
+    return [_split_at_divergence(prompt, full) for prompt, full in zip(prompt_ids, full_ids)]
+
+
+def _split_at_divergence(prompt_ids: list[int], full_ids: list[int]) -> PromptCompletion:
     start = next(
         (i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids))
     )
@@ -89,10 +102,15 @@ def tokenize_pair(tokenizer: PreTrainedTokenizerBase, prompt: str | list, comple
 def completion_logprobs(
     model: PreTrainedModel, sequences: Sequence[PromptCompletion], batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(completion | prompt), summed over the completion's tokens, and the number of those tokens."""
-    sums, counts = [], []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
+    """log pi(completion | prompt), summed over the completion's tokens, and the number of those tokens.
+
+    Batched by length, so that little of each batch is padding; returned in the order of `sequences`.
+    """
+    order = sorted(range(len(sequences)), key=lambda index: sum(map(len, sequences[index])))
+    sums, counts = torch.zeros(len(sequences)), torch.zeros(len(sequences), dtype=torch.long)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = [sequences[index] for index in rows]
         width = max(len(prompt) + len(completion) for prompt, completion in batch)
         input_ids = torch.zeros(len(batch), width, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
@@ -106,9 +124,9 @@ def completion_logprobs(
             logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
         token_logps = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None].to(model.device))
         mask = completion_mask[:, 1:].to(model.device)
-        sums.append((token_logps.squeeze(-1) * mask).sum(-1).cpu())
-        counts.append(mask.sum(-1).cpu())
-    return torch.cat(sums), torch.cat(counts)
+        sums[rows] = (token_logps.squeeze(-1) * mask).sum(-1).cpu()
+        counts[rows] = mask.sum(-1).cpu()
+    return sums, counts
 
 
 def outcomes(margins: torch.Tensor) -> list[float]:
@@ -337,7 +355,7 @@ def load_pairs(
     tokenizer: PreTrainedTokenizerBase, dataset: str, split: str
 ) -> list[tuple[PromptCompletion, PromptCompletion]]:
     """The token ids of each (chosen, rejected) pair of `dataset`'s `split`, as the trainers tokenize them."""
-    return [_tokenize_row(tokenizer, row) for row in load_rows(dataset, split)]
+    return _tokenize_rows(tokenizer, load_rows(dataset, split))
 
 
 def evaluate_models(
@@ -367,7 +385,7 @@ def evaluate_models(
     # The tokenizer the first model was trained with: it carries the chat template that training used, if any.
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(model_paths[0])))
     rows = load_rows(dataset, split)
-    pairs = [_tokenize_row(tokenizer, row) for row in rows]
+    pairs = _tokenize_rows(tokenizer, rows)
     # Held-out prompts in order of first appearance, as token ids and as the data holds them; each is sampled once.
     raw_prompts = {}
     for ((prompt, _), _), row in zip(pairs, rows):
@@ -429,10 +447,13 @@ def evaluate_models(
     return results
 
 
-def _tokenize_row(tokenizer: PreTrainedTokenizerBase, row: dict) -> tuple[PromptCompletion, PromptCompletion]:
-    return tokenize_pair(tokenizer, row["prompt"], row["chosen"]), tokenize_pair(
-        tokenizer, row["prompt"], row["rejected"]
-    )
+def _tokenize_rows(
+    tokenizer: PreTrainedTokenizerBase, rows: Dataset
+) -> list[tuple[PromptCompletion, PromptCompletion]]:
+    prompts = list(rows["prompt"])
+    chosen = tokenize_pairs(tokenizer, prompts, list(rows["chosen"]))
+    rejected = tokenize_pairs(tokenizer, prompts, list(rows["rejected"]))
+    return list(zip(chosen, rejected))
 
 
 def _reward_of_samples(

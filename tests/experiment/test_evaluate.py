@@ -21,7 +21,7 @@ from experiment.evaluate import (
     preference_scores,
     sample_completions,
     steps_to_stable_loss,
-    tokenize_pair,
+    tokenize_pairs,
     train_tokens_per_epoch,
     training_cost,
     win_outcomes,
@@ -56,7 +56,8 @@ def test_model_preferring_chosen_everywhere_has_both_accuracies_one(base):
     (great,) = tokenizer(" great", add_special_tokens=False)["input_ids"]
     model = FavouriteTokenModel(len(tokenizer), great)
     triples = [("The film was", " great great", " dull"), ("The plot of this movie", " great", " awful and dull")]
-    pairs = [(tokenize_pair(tokenizer, p, c), tokenize_pair(tokenizer, p, r)) for p, c, r in triples]
+    prompts, chosen, rejected = map(list, zip(*triples))
+    pairs = list(zip(tokenize_pairs(tokenizer, prompts, chosen), tokenize_pairs(tokenizer, prompts, rejected)))
     base_logps, _ = pair_logprobs(base_model, pairs)
 
     def accuracies(pairs, reference):
@@ -105,9 +106,41 @@ def test_the_base_against_itself_ties_every_pair_on_the_implicit_reward():
 
 def test_completion_ends_with_eos_as_trl_adds_it(base):
     tokenizer, _ = base
-    prompt, completion = tokenize_pair(tokenizer, "The film was", " great.")
+    [(prompt, completion)] = tokenize_pairs(tokenizer, ["The film was"], [" great."])
     assert prompt == tokenizer("The film was")["input_ids"]
     assert tokenizer.decode(prompt + completion) == "<s>The film was great.</s>"
+
+
+def test_texts_tokenized_in_one_batch_as_one_by_one(base):
+    tokenizer, _ = base
+    prompts = ["The film was", "I watched this film last night and", "The plot"]
+    completions = [" great.", " it was dull and slow.</s>", " thin"]  # one already ends with EOS: not added twice
+    batched = tokenize_pairs(tokenizer, prompts, completions)
+    for (prompt_ids, completion_ids), prompt, completion in zip(batched, prompts, completions):
+        assert prompt_ids == tokenizer(prompt)["input_ids"]
+        assert prompt_ids + completion_ids == tokenizer(prompt + completion.removesuffix("</s>") + "</s>")["input_ids"]
+
+
+def test_conversations_split_where_the_chat_template_adds_the_answer(base):
+    tokenizer, _ = base
+    prompt = [{"role": "user", "content": "Review the film."}]
+    completion = [{"role": "assistant", "content": "It was great."}]
+    [(prompt_ids, completion_ids)] = tokenize_pairs(tokenizer, [prompt], [completion])
+    assert prompt_ids == tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
+    assert prompt_ids + completion_ids == tokenizer.apply_chat_template(prompt + completion, return_dict=False)
+    assert tokenizer.decode(completion_ids) == "It was great.<|im_end|>\n"
+
+
+def test_logprobs_batched_by_length_come_back_in_input_order(base):
+    """Sorted by length into batches, each sequence still gets its own score: the same as scored alone."""
+    tokenizer, model = base
+    texts = [("The film was", " great."), ("I watched this film last night and", " it was dull."), ("The", " plot")]
+    sequences = tokenize_pairs(tokenizer, *map(list, zip(*texts))) * 3
+    logps, counts = completion_logprobs(model, sequences, batch_size=2)
+    for row, sequence in enumerate(sequences):
+        alone_logps, alone_counts = completion_logprobs(model, [sequence], batch_size=1)
+        assert logps[row].item() == pytest.approx(alone_logps.item(), abs=1e-4)
+        assert counts[row] == alone_counts.item() == len(sequence[1])
 
 
 def test_sample_logprobs_are_those_generate_sampled_with(base):
