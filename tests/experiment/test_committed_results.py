@@ -48,7 +48,7 @@ def test_the_base_ties_every_pair_on_the_implicit_reward(sweep):
     assert load("results")["base"]["implicit_reward_accuracy"] == {"mean": 0.5, "stderr": 0.0}
 
 
-# Accuracies are counts of 2000 pairs: a gain of exactly 0.10 can come out a rounding error below it.
+# Accuracies are counts of 1000 pairs: a gain of exactly 0.10 can come out a rounding error below it.
 TOLERANCE = 1e-9
 
 
