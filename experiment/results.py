@@ -244,17 +244,16 @@ def by_algorithm(runs: list[dict], key: Callable[[dict], Hashable] = lambda run:
     return grouped
 
 
-def native_gain(run: dict, base: dict) -> float:
-    """How far a run's native accuracy (its algorithm's own measure) is above the base model's on that measure."""
-    key = NATIVE_ACCURACY[run["algorithm"]]
-    return run[key]["mean"] - base[key]["mean"]
+def native_gain(run: dict) -> float:
+    """How far a run's native accuracy (its algorithm's own measure) is above the base model's on the same pairs."""
+    return run[f"{NATIVE_ACCURACY[run['algorithm']]}_gain"]["mean"]
 
 
 def _seeds_table(sweep: dict) -> str:
     """At the papers' beta: per algorithm, each measure's mean over the training seeds ± their standard deviation."""
     rows = []
     for algorithm, runs in by_algorithm([run for run in sweep["runs"] if run["paper_beta"]]).items():
-        gains = [native_gain(run, sweep["base"]) for run in runs]
+        gains = [native_gain(run) for run in runs]
         row = [f"{algorithm} ({runs[0]['label']})", ", ".join(str(run["overrides"]["seed"]) for run in runs)]
         row.append(_spread(gains, 3))
         row += [_spread([run[key]["mean"] for run in runs], digits) for _, key, digits in SEED_MEASURES]

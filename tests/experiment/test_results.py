@@ -80,6 +80,8 @@ def test_samples_table_shows_each_models_examples_on_one_line_each():
 def sweep_run(algorithm: str, label: str, seed: int, reward: float, kl: float, paper: bool) -> dict:
     measures = {key: metric(0.6) for key in ("implicit_reward_accuracy", "length_normalised_accuracy", "win_rate")}
     measures |= {"fluency": metric(0.8), "reward": metric(reward), "kl": metric(kl)}
+    # Gains over a base at 0.5 (implicit reward) and 0.55 (length-normalised), as `evaluate` pairs them.
+    measures |= {"implicit_reward_accuracy_gain": metric(0.1), "length_normalised_accuracy_gain": metric(0.05)}
     run = {"algorithm": algorithm, "label": label, "overrides": {"seed": seed}, "paper_beta": paper, **measures}
     return run | {"training": {"process_cpu_time_s": 30.0}}
 
@@ -98,7 +100,7 @@ def test_seed_table_gives_the_mean_spread_and_range_over_training_seeds_at_the_p
                            {"kl": 10.0, "num_seeds": 0, "mean": None, "stdev": None}]}}}  # fmt: skip
     markdown = render_markdown(evaluation("experiment.gold_reward:gold_reward"), sweep=sweep)
     seeds = markdown.split("### Seeds")[1].split("###")[0]
-    # DPO's native accuracy is the implicit reward's: 0.6 - 0.5; SimPO's the length-normalised one: 0.6 - 0.55.
+    # DPO's native gain is the implicit reward's, 0.1; SimPO's the length-normalised one's, 0.05.
     assert "| dpo (beta 0.1) | 42, 1, 2 | 0.100 ± 0.000 (0.100–0.100) | 0.600 ± 0.000 (0.600–0.600) |" in seeds
     assert "| 0.700 ± 0.100 (0.600–0.800) |" in seeds and "| 30.0 ± 26.5 (10.0–60.0) |" in seeds  # KL: 10, 20, 60
     assert "| simpo (beta 2, gamma 1) | 42 | 0.050 ± 0.000 (0.050–0.050) |" in seeds
