@@ -15,6 +15,7 @@ beta 0.1 the scaled reward differences are too small to overcome the margin and 
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 from accelerate.utils import is_peft_model
 from trl import get_peft_config
 from trl.experimental.cpo import CPOConfig, CPOTrainer
@@ -24,8 +25,12 @@ from prefopt.checkpoints import resume_checkpoint, with_atomic_checkpoints
 from prefopt.config import parse_args
 from prefopt.data import load_preference_data
 from prefopt.errors import UserError, exit_on_user_error
+from prefopt.merge import merge_adapter
+from prefopt.merge_check import CheckBatch
+from prefopt.model_card import TrainingRun
 from prefopt.modeling import load_model, load_tokenizer
-from prefopt.run import configure_logging, finish_run, start_run
+from prefopt.plotting import plot_losses
+from prefopt.run import configure_logging, save_resource_usage, start_run
 
 
 @dataclass
@@ -119,10 +124,24 @@ def main(script_args, training_args, model_args, run_args):
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_state()
-
-    # Merge (checked against base + adapter) & plot
     del trainer, model
-    finish_run(script_args, training_args, model_args, run_args, train_dataset, eval_dataset)
+
+    # Merge (checked against base + adapter on the run's own data) & plot, on the main process; the others wait
+    state = PartialState()
+    if state.is_main_process:
+        save_resource_usage(training_args.output_dir)
+        if run_args.merge and model_args.use_peft:  # a full fine-tune is already whole in output_dir
+            merge_adapter(
+                training_args.output_dir,
+                run_args.merged_model_dir,
+                model_args,
+                check_batch=CheckBatch.of_run(script_args, train_dataset, eval_dataset),
+                merged_dtype=run_args.merged_dtype,
+                trust_remote_code=training_args.trust_remote_code,
+                training=TrainingRun.of(script_args, training_args, model_args),
+            )
+        plot_losses(training_args.output_dir, run_args.images_dir)
+    state.wait_for_everyone()
 
 
 if __name__ == "__main__":

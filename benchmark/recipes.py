@@ -49,9 +49,9 @@ import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from benchmark.configs import training_config
 from benchmark.runs import PREFOPT, TRL, Variant, in_fresh_process
 from benchmark.summaries import Reference
-from prefopt.launch import training_config
 
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
 

@@ -20,10 +20,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmark.configs import training_config
 from benchmark.probe import REPORTER
 from benchmark.trl_baseline import trl_config, trl_target
 from prefopt.errors import UserError
-from prefopt.launch import run_logged, training_config, training_script
+from prefopt.launch import run_logged, training_script
 
 logger = logging.getLogger(__name__)
 

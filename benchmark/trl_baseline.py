@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from benchmark.configs import training_config
 from prefopt.config import RunArguments
-from prefopt.launch import training_config
 
 
 # --- TRL's side ------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from experiment.figures import reward_vs_kl_figure, scored_with_reward
 from experiment.commands import command_parser, log_progress
 from prefopt.atomic import atomic_file
 from prefopt.errors import exit_on_user_error
-from prefopt.launch import run_logged, training_config, training_script
+from prefopt.launch import REPO_ROOT, run_logged, training_script
 from prefopt.plotting import save_figure
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,11 @@ SEEDS = (42, 1, 2)  # 42 is the v1 configs' own
 MATCHED_KL_POINTS = 7  # KL values at which the frontiers are compared
 
 
+def v1_config(algorithm: str) -> Path:
+    """The default experiment's config of `algorithm`, `training_configs/<algorithm>_v1.yaml`: the sweep's centre."""
+    return REPO_ROOT / "training_configs" / f"{algorithm}_v1.yaml"
+
+
 def run_name(algorithm: str, overrides: dict[str, float]) -> str:
     """E.g. `simpo_beta2_gamma1`: the name of the run's output_dir and merged model."""
     return "_".join([algorithm, *(f"{key.removeprefix('simpo_')}{value:g}" for key, value in overrides.items())])
@@ -62,7 +67,7 @@ def train(algorithm: str, overrides: dict[str, float], extra_args: list[str]) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, str(training_script(algorithm)),
-        "--config", str(training_config(f"{algorithm}_v1")),
+        "--config", str(v1_config(algorithm)),
         *(f"--{key}={value}" for key, value in overrides.items()),
         "--output_dir", str(output_dir),
         "--merged_model_dir", str(merged_dir),
@@ -128,7 +133,7 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
 
 def is_paper_point(algorithm: str, overrides: dict[str, float]) -> bool:
     """Whether `overrides` keep the v1 config's own beta (and gamma): the paper's values."""
-    config = yaml.safe_load(training_config(f"{algorithm}_v1").read_text())
+    config = yaml.safe_load(v1_config(algorithm).read_text())
     return all(config.get(key) == value for key, value in overrides.items() if key != "seed")
 
 

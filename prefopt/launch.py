@@ -1,7 +1,7 @@
 """Running the training scripts from another program (the experiment's sweep, the benchmark), as a user would.
 
-The scripts and their configs live at the repository root; a run's output goes to a log file, and a failed run is
-reported with the end of that log.
+The scripts live at the repository root; a run's output goes to a log file, and a failed run is reported with the
+end of that log. Which configs to run is the caller's to know.
 """
 
 import os
@@ -20,11 +20,6 @@ LOG_TAIL_LINES = 20
 def training_script(algorithm: str) -> Path:
     """`dpo.py`, `kto.py` or `simpo.py`."""
     return REPO_ROOT / f"{algorithm}.py"
-
-
-def training_config(name: str) -> Path:
-    """A config of `training_configs/` by name, e.g. `dpo_v1`."""
-    return REPO_ROOT / "training_configs" / f"{name}.yaml"
 
 
 def run_logged(

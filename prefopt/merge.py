@@ -49,6 +49,7 @@ from prefopt.merge_check import (
 )
 from prefopt.model_card import TrainingRun, write_model_card
 from prefopt.modeling import load_model
+from prefopt.run import configure_logging
 
 REPORT_FILE = "merge_report.json"
 MIN_SHARE_KEPT = 0.99  # below it, a half-precision merge warns and names merged_dtype: float32
@@ -73,6 +74,7 @@ def merge_adapter(
     complete and checked; a failed check raises `UserError`, and a previous model there survives any failure.
     """
     adapter_dir, merged_dir = Path(adapter_dir), Path(merged_dir)
+    clear_device_cache(garbage_collection=True)  # what the trainer held, once its objects are deleted
     # After a ZeRO-3 run from_pretrained would still shard the base over the processes, which wait for this one.
     unset_hf_deepspeed_config()
     tokenizer = adapter_tokenizer(adapter_dir, model_args, trust_remote_code)
@@ -295,8 +297,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from prefopt.run import configure_logging  # run.py imports this module: only here, run as a command
-
     configure_logging()
     with exit_on_user_error():
         main()

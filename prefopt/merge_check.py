@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import ScriptArguments
 from trl.data_utils import is_conversational, maybe_extract_prompt
 
 # The check batch: its float32 logits, kept once, take CHECK_EXAMPLES x CHECK_MAX_TOKENS x vocabulary x 4 bytes
@@ -50,6 +51,13 @@ class CheckBatch:
     def from_dataset(cls, dataset: Dataset, name: str, split: str) -> "CheckBatch":
         """The first CHECK_EXAMPLES rows of `dataset`, the `split` split of the data set `name`."""
         return cls(tuple(dataset.select(range(min(CHECK_EXAMPLES, len(dataset)))).to_list()), name, split)
+
+    @classmethod
+    def of_run(cls, script_args: ScriptArguments, train_dataset: Dataset, eval_dataset: Dataset | None) -> "CheckBatch":
+        """The first rows of the data a run evaluated on, else of its training data, as the run loaded them."""
+        if eval_dataset is not None:
+            return cls.from_dataset(eval_dataset, script_args.dataset_name, script_args.dataset_test_split)
+        return cls.from_dataset(train_dataset, script_args.dataset_name, script_args.dataset_train_split)
 
     def describe(self) -> str:
         return f"{self.dataset} [{self.split}]" if self.dataset else "fixed texts"

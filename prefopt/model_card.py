@@ -10,12 +10,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
 from huggingface_hub import ModelCard, ModelCardData, try_to_load_from_cache
+from trl import ModelConfig, ScriptArguments
 
 from prefopt.atomic import atomic_file
 from prefopt.markdown import markdown_table, table_cell
+from prefopt.run_logs import read_trainer_state
 
 CARD_FILE = "README.md"
+
+# The algorithms' own settings, those the trainer's config has, for the card.
+ALGORITHM_SETTINGS = ("beta", "loss_type", "simpo_gamma", "cpo_alpha", "desirable_weight", "undesirable_weight")
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,48 @@ class TrainingRun:
 
     algorithm: str  # dpo, kto, simpo
     settings: dict[str, str]  # the card's training table: what -> value
+
+    @classmethod
+    def of(cls, script_args: ScriptArguments, training_args, model_args: ModelConfig) -> "TrainingRun":
+        """The run that just trained in `output_dir`: the algorithm and its settings, LoRA, the schedule, the data,
+        the time and the hardware, read from the configs and the trainer state it saved."""
+        algorithm = type(training_args).__name__.removesuffix("Config").lower()  # DPOConfig, KTOConfig, SimPOConfig
+        state = PartialState()
+        trainer_state = read_trainer_state(training_args.output_dir)
+        runtime = next(entry["train_runtime"] for entry in trainer_state["log_history"] if "train_runtime" in entry)
+        device = torch.cuda.get_device_name() if state.device.type == "cuda" else state.device.type
+        batch = (
+            training_args.per_device_train_batch_size * state.num_processes * training_args.gradient_accumulation_steps
+        )
+        settings = {
+            "algorithm": ", ".join(
+                [algorithm.upper()]
+                + [
+                    f"{key} {_setting(getattr(training_args, key))}"
+                    for key in ALGORITHM_SETTINGS
+                    if hasattr(training_args, key)
+                ]
+            ),
+            "LoRA": (
+                f"r {model_args.lora_r}, alpha {model_args.lora_alpha}, dropout {model_args.lora_dropout:g}, target "
+                f"modules {_setting(model_args.lora_target_modules)}"
+                + ("; trained on the base quantized to 4 bits (QLoRA)" if model_args.load_in_4bit else "")
+            ),
+            "optimization": (
+                f"learning rate {training_args.learning_rate:g}, {training_args.lr_scheduler_type.value} schedule, "
+                f"warmup_steps {training_args.warmup_steps:g}, {trainer_state['global_step']} steps "
+                f"({trainer_state['epoch']:.3g} epochs), effective batch {batch}, max_length {training_args.max_length}"
+            ),
+            "data": f"{script_args.dataset_name} [{script_args.dataset_train_split}]",
+            "training time": f"{runtime:.0f} s on {state.num_processes} x {device}",
+        }
+        return cls(algorithm, settings)
+
+
+def _setting(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def write_model_card(

@@ -29,6 +29,12 @@ def save_figure(figure, image_path: str | Path, dpi: int = 120) -> Path:
     return Path(image_path)
 
 
+def plot_losses(run_dir: str | Path, images_dir: str | Path) -> Path:
+    """The run's loss figure, titled and named after `run_dir`: `<images_dir>/<run>_train_loss.png`."""
+    run_name = Path(run_dir).name
+    return save_figure(loss_figure(run_dir, run_name), Path(images_dir) / f"{run_name}_train_loss.png")
+
+
 def loss_figure(run_dir: str | Path, title: str):
     """Train loss and, if the run evaluated, eval loss on the same axes, from the run's log history."""
     figure, axes = pyplot().subplots(figsize=(7, 4.5))

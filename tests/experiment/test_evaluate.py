@@ -302,7 +302,7 @@ def test_cli_scores_a_trained_model_with_its_training_cost(dpo_epoch):
     assert "training" in scores and "fluency" not in scores  # no --fluency_fn
     assert scores["kl"]["mean"] != 0.0, "the trained model sampled what the base did"
     training = scores["training"]
-    usage = json.loads((run_dir / "outputs" / "dpo_test" / RESOURCE_USAGE_FILE).read_text())  # finish_run's record
+    usage = json.loads((run_dir / "outputs" / "dpo_test" / RESOURCE_USAGE_FILE).read_text())  # saved by the script
     assert training["peak_memory_mb"] == usage["peak_memory_bytes"] / 2**20
     assert training["process_cpu_time_s"] == usage["cpu_time_s"]
     assert training["steps"] == 16 and training["epochs"] == 1.0
