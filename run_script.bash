@@ -9,7 +9,7 @@ Usage:
       The default experiment: builds the demo base model and data if missing (models/demo-base, data/demo),
       trains DPO, KTO and SimPO from training_configs/{dpo,kto,simpo}_v1.yaml and the SimPO ablation from
       training_configs/simpo_trl_defaults.yaml, merges each into models/, evaluates them on the held-out pairs,
-      and writes the figures to images/ and the tables to results/. Re-running replaces the experiment's own
+      and writes the figures to images/, the results to results/*.json and their tables to docs/results.md. Re-running replaces the experiment's own
       earlier outputs.
 
   bash run_script.bash sweep [FLAGS...]
@@ -94,4 +94,4 @@ python -m experiment.figures
 python -m experiment.ablation
 python -m experiment.results
 echo "run_script: default experiment done in $((SECONDS - start))s; merged models in models/, figures in images/," \
-  "tables in results/results.md (python -m experiment.results --update_readme copies them into README.md)"
+  "tables in docs/results.md and the headline in README.md"

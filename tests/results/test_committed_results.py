@@ -1,11 +1,12 @@
-"""The default experiment's goal, asserted on the committed results (results/*.json): CI does not rerun the runs.
+"""Tests of data, not of code: the committed results (results/*.json) meet the default experiment's goal, and the
+results page and the README show them. CI does not rerun the runs.
 
 At its paper's hyperparameters and across the three training seeds, each algorithm beats the base model's held-out
 accuracy by at least 0.10 on its own measure and raises the fluency-aware gold reward, at every seed, with samples at
 least as fluent as the base's over the seeds; and the sweep compares the algorithms at matched KL over the same seeds.
 Fluency is held to the mean over the seeds: one run's fluency moves by 0.07-0.27 from seed to seed in every setup
-tried (README, "What was tried"). Where the committed results fall short of a bound, the test is marked as an expected
-failure, strict: results that meet it make it fail, and the mark must go.
+tried (docs/findings.md, "What was tried"). Where the committed results fall short of a bound, the test is marked as an
+expected failure, strict: results that meet it make it fail, and the mark must go.
 """
 
 import json
@@ -13,17 +14,29 @@ import subprocess
 
 import pytest
 
-from experiment.results import NATIVE_ACCURACY, END_MARKER, START_MARKER, native_gain, render_markdown
+from experiment.results import (
+    DEFAULT_PAGE,
+    DEFAULT_README,
+    DEFAULT_RESULTS_DIR,
+    END_MARKER,
+    NATIVE_ACCURACY,
+    START_MARKER,
+    headline_table,
+    native_gain,
+    render_page,
+)
 from experiment.sweep import GRID, SEEDS
 from tests.conftest import REPO
 
 
+def committed(path: str) -> str:
+    """A file as committed: `bash run_script.bash` rewrites the working copy's results, with new times."""
+    return subprocess.run(["git", "show", f"HEAD:{path}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
 def load(name: str) -> dict:
-    """The committed `results/<name>.json`: `bash run_script.bash` rewrites the working copy's, with new times."""
-    committed = subprocess.run(
-        ["git", "show", f"HEAD:results/{name}.json"], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    return json.loads(committed.stdout)
+    """The committed `results/<name>.json`."""
+    return json.loads(committed(f"results/{name}.json"))
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +122,12 @@ def test_the_algorithms_are_compared_at_matched_kl(sweep):
         assert sum(cell["num_seeds"] == len(SEEDS) for cell in cells[name]) >= 3
 
 
-def test_the_readme_shows_the_committed_results():
-    markdown = render_markdown(load("results"), load("simpo_ablation"), load("sweep"))
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index(START_MARKER) + len(START_MARKER) : readme.index(END_MARKER)]
-    assert section.strip() == markdown.strip()
+def test_the_results_page_shows_the_committed_results():
+    page = render_page(DEFAULT_RESULTS_DIR, load("results"), load("simpo_ablation"), load("sweep"))
+    assert committed(str(DEFAULT_PAGE)) == page
+
+
+def test_the_readme_headline_shows_the_committed_results():
+    readme = committed(str(DEFAULT_README))
+    headline = readme[readme.index(START_MARKER) + len(START_MARKER) : readme.index(END_MARKER)]
+    assert headline.strip() == headline_table(load("results"), load("sweep")).strip()
