@@ -29,7 +29,7 @@ from benchmark.report import recipes_markdown
 from benchmark.runs import PREFOPT, TRL, Variant, measure_run
 from benchmark.summaries import summarise
 from prefopt.errors import UserError
-from tests.conftest import run_command
+from tests.helpers import run_command
 
 STEPS = 3
 QUICK_RECIPE = "qwen2.5-0.5b-instruct/dpo"

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from benchmark.runs import PREFOPT, TRL
 from prefopt.launch import ALGORITHMS
-from tests.conftest import read_jsonl, run_command
+from tests.helpers import read_jsonl, run_command
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from accelerate.utils import DeepSpeedPlugin, DistributedType
 from accelerate.utils import launch as accelerate_launch
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CONFIG_DIR = REPO / "accelerate_configs"
 

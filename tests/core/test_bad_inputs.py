@@ -21,7 +21,7 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from tests.conftest import REPO, accelerate_launch, run_command, script_env
+from tests.helpers import REPO, accelerate_launch, run_command, script_env
 
 PAIRS = [{"prompt": f"Review {i}:", "chosen": " great.", "rejected": " awful."} for i in range(40)]
 MESSAGES = [{"role": "user", "content": "Review a film."}]

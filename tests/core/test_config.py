@@ -6,7 +6,7 @@ from trl import DPOConfig, KTOConfig
 
 from prefopt.config import parse_args
 from simpo import SimPOConfig
-from tests.conftest import REPO, write_checkpoint
+from tests.helpers import REPO, write_checkpoint
 
 
 @pytest.fixture

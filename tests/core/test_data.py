@@ -9,7 +9,7 @@ from trl import ScriptArguments
 from trl.data_utils import unpair_preference_dataset
 
 from prefopt.data import load_preference_data, load_preference_dataset, unpaired_shuffled
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 PAIRS = [{"prompt": f"Review {i}:", "chosen": " great.", "rejected": " awful."} for i in range(40)]
 CONVERSATIONS = [

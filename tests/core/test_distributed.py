@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from prefopt.launch import ALGORITHMS
 
-from tests.conftest import accelerate_launch, run_script, train_losses, training_args
+from tests.helpers import accelerate_launch, run_script, train_losses, training_args
 
 MAX_STEPS = 4
 PER_DEVICE = 4

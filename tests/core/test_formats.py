@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from tests.conftest import read_jsonl, run_script, training_args, write_jsonl
+from tests.helpers import read_jsonl, run_script, training_args, write_jsonl
 
 STEPS = 4
 

@@ -22,7 +22,7 @@ from prefopt.merge import main as merge_command
 from prefopt.merge import merge_adapter
 from prefopt.merge_check import example_logits, float32_arithmetic
 from prefopt.model_card import base_license, set_card_section
-from tests.conftest import (
+from tests.helpers import (
     DemoAssets,
     assert_merged_is_base_plus_adapter,
     front_matter,

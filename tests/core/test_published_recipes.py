@@ -12,7 +12,7 @@ from trl import DPOConfig
 from prefopt.config import parse_args
 from prefopt.errors import UserError
 from simpo import SimPOConfig
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 RECIPES = Path(__file__).parent / "published_recipes"
 SIMPO_LLAMA3 = RECIPES / "simpo_llama-3-8b-instruct-simpo.yaml"

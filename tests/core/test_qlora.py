@@ -14,7 +14,7 @@ from trl import ModelConfig
 
 from prefopt.merge_check import CheckBatch, example_logits
 from prefopt.modeling import load_model
-from tests.conftest import assert_merged_is_base_plus_adapter, run_script, training_args
+from tests.helpers import assert_merged_is_base_plus_adapter, run_script, training_args
 
 MAX_STEPS = 6
 PER_DEVICE = 8  # half the shipped config's: 4-bit layers are slow on a CPU

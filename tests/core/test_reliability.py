@@ -18,7 +18,7 @@ from transformers import TrainingArguments
 
 from prefopt.checkpoints import checkpoint_problem, resume_checkpoint
 from prefopt.locking import lock_outputs
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     read_jsonl,
     run_script,

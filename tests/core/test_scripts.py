@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from prefopt.merge import report_line
 from prefopt.plotting import loss_figure
 from prefopt.run_logs import logged, read_log_history
-from tests.conftest import assert_merged_is_base_plus_adapter, front_matter, run_script, training_args
+from tests.helpers import assert_merged_is_base_plus_adapter, front_matter, run_script, training_args
 
 ALGORITHMS = ("dpo", "kto", "simpo")
 MAX_STEPS = 60

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from experiment.ablation import ablation_figure, analyse_run, main
-from tests.conftest import write_run
+from tests.helpers import write_run
 
 
 def simpo_run(tmp_path, name: str, beta: float, gamma: float, grad_norm: float) -> str:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from experiment.demo import build_demo_assets, document_loss, main
 from experiment.gold_reward import gold_reward
 from experiment.review_grammar import is_review, synthetic_reviews
-from tests.conftest import read_jsonl
+from tests.helpers import read_jsonl
 
 TINY = dict(num_train_pairs=64, num_test_pairs=16, pretrain_steps=150)  # fewer steps leave too few reviews to pair
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")

@@ -29,7 +29,7 @@ from experiment.evaluate import (
 from prefopt.errors import UserError
 from prefopt.run import RESOURCE_USAGE_FILE
 from prefopt.run_logs import read_log_history
-from tests.conftest import read_jsonl, run_command, run_script, training_args
+from tests.helpers import read_jsonl, run_command, run_script, training_args
 
 
 @pytest.fixture(scope="module")

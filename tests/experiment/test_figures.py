@@ -15,7 +15,7 @@ from experiment.figures import (
     reward_vs_kl_figure,
 )
 from prefopt.errors import UserError
-from tests.conftest import write_run
+from tests.helpers import write_run
 
 LOSSES = [math.log(2) * (1 - 0.5 * (1 - math.exp(-step / 5))) for step in range(1, 21)]
 

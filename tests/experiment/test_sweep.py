@@ -9,7 +9,7 @@ from trl import DPOConfig, KTOConfig
 
 from experiment.sweep import GRID, SEEDS, is_paper_point, matched_kl, run_name
 from simpo import SimPOConfig
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CONFIG_CLASSES = {"dpo": DPOConfig, "kto": KTOConfig, "simpo": SimPOConfig}
 

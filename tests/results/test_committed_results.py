@@ -26,7 +26,7 @@ from experiment.results import (
     render_page,
 )
 from experiment.sweep import GRID, SEEDS
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def committed(path: str) -> str:
