@@ -218,7 +218,7 @@ def unusual_settings(training_args, model_args: ModelConfig) -> list[str]:
     if getattr(training_args, "loss_type", None) == "simpo":
         if not 1.0 <= beta <= 10.0:
             warnings.append(
-                f"SimPO beta {beta:g} is far from the paper's 2.0-2.5; below 1 the loss hardly moves (see README)"
+                f"SimPO beta {beta:g} is far from the paper's 2.0-2.5; below 1 the loss hardly moves (docs/findings.md)"
             )
         if not 0.25 <= training_args.simpo_gamma / beta <= 1.0:
             warnings.append(
