@@ -153,8 +153,13 @@ def test_the_shell_scripts_explain_themselves(command):
     assert result.returncode == 0 and result.stdout.startswith("Usage:"), result.stderr
 
 
-def test_the_readme_lists_every_key_of_this_repository():
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("| key | default | what it does |") :].split("\n\n")[0]
-    listed = re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE)
-    assert listed == [field.name for field in dataclasses.fields(RunArguments)]
+@pytest.mark.parametrize("page", ["README.md", "docs/configuration.md"])
+def test_the_keys_table_lists_every_key_of_this_repository_with_its_default(page):
+    text = (REPO / page).read_text()
+    table = text[text.index("| key | default | what it does |") :].split("\n\n")[0]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", table, re.MULTILINE)
+    fields = dataclasses.fields(RunArguments)
+    assert [key for key, _ in rows] == [field.name for field in fields]
+    for (key, default), field in zip(rows, fields):
+        if isinstance(field.default, bool):
+            assert default.strip() == f"`{str(field.default).lower()}`", key
