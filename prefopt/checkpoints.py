@@ -120,13 +120,15 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
         if not any(any(checkpoint.glob(name)) for name in names):
             return f"no {part}"
     for path in sorted(checkpoint.rglob("*")):
-        problem = _file_problem(path)
+        problem = file_problem(path)
         if problem:
             return f"{path.relative_to(checkpoint)} {problem}"
     return None
 
 
-def _file_problem(path: Path) -> str | None:
+def file_problem(path: Path) -> str | None:
+    """Why a file of a checkpoint or model cannot be read whole, or None; only safetensors, torch and JSON files are
+    read."""
     try:
         if path.suffix == ".safetensors":
             with safe_open(path, "pt"):
