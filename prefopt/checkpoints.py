@@ -309,7 +309,7 @@ def _refuse_other_settings(checkpoint: str, saved_by: RunRecord, settings: dict,
 
 def _checkpoints_of(output_dir: str, run: RunRecord | None) -> list[str]:
     """The checkpoints in `output_dir` that `run` saved, oldest first by step."""
-    if run is None or not os.path.isdir(output_dir):
+    if run is None:
         return []
     return [
         checkpoint
@@ -320,11 +320,8 @@ def _checkpoints_of(output_dir: str, run: RunRecord | None) -> list[str]:
 
 def _not_resumed(output_dir: str, run: RunRecord | None) -> list[str]:
     """What is said of the checkpoints in `output_dir` that `run` did not save."""
-    others = [
-        checkpoint
-        for checkpoint in (sort_checkpoints(output_dir) if os.path.isdir(output_dir) else [])
-        if checkpoint not in _checkpoints_of(output_dir, run)
-    ]
+    own = _checkpoints_of(output_dir, run)
+    others = [checkpoint for checkpoint in sort_checkpoints(output_dir) if checkpoint not in own]
     unrecorded = [Path(checkpoint).name for checkpoint in others if RunRecord.read(checkpoint) is None]
     another = [Path(checkpoint).name for checkpoint in others if Path(checkpoint).name not in unrecorded]
     notes = []
