@@ -28,9 +28,9 @@ def main(script_args, training_args, model_args, run_args):
     tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(script_args, training_args, run_args, tokenizer)
 
-    # Run: the only one writing to its outputs, resumed from its newest complete checkpoint if asked
+    # Run: the only one writing to its outputs, resumed from its own newest complete checkpoint if asked
     start_run(training_args, run_args)
-    checkpoint = resume_checkpoint(training_args)
+    checkpoint = resume_checkpoint(script_args, training_args, model_args)
 
     # Model
     model = load_model(model_args, training_args.trust_remote_code)

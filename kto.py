@@ -66,9 +66,9 @@ def main(script_args, training_args, model_args, run_args):
         eval_dataset = unpaired_shuffled(eval_dataset, training_args.seed)
     balance_class_weights(training_args, train_dataset["label"])
 
-    # Run: the only one writing to its outputs, resumed from its newest complete checkpoint if asked
+    # Run: the only one writing to its outputs, resumed from its own newest complete checkpoint if asked
     start_run(training_args, run_args)
-    checkpoint = resume_checkpoint(training_args)
+    checkpoint = resume_checkpoint(script_args, training_args, model_args)
 
     # Model
     model = load_model(model_args, training_args.trust_remote_code)

@@ -10,17 +10,19 @@ import difflib
 import json
 import logging
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from prefopt.checkpoints import checkpoint_problem
 from prefopt.data import DATA_FILE_BUILDERS
 from prefopt.errors import UserError
+from prefopt.modeling import check_base_model
+from prefopt.paths import check_run_paths, is_local
 
 MERGED_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -109,6 +111,8 @@ REPLACED_KEYS = {
     "the branch to push to",
 }
 SECRET_KEYS = ("hub_token",)
+# The packages of the trackers in `report_to` whose package is not named as the tracker is.
+TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "dagshub": "dagshub mlflow"}
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +209,9 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
         run_args.images_dir = training_args.output_dir
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint)
     _check_values(training_args, model_args, run_args, where=parser.config_path or "command line")
+    _check_trackers(training_args.report_to)
     _check_paths(script_args, model_args, training_args, run_args)
+    check_run_paths(script_args, training_args, model_args, run_args)
     for warning in unusual_settings(training_args, model_args):
         logger.warning(warning)
     return script_args, training_args, model_args, run_args
@@ -326,31 +332,46 @@ def _check_values(training_args, model_args, run_args: RunArguments, where: str)
             raise UserError(f"{where}: {message}")
 
 
-# A hub id is `name` or `org/name`; anything else (./x, /abs/path, a/b/c) is meant as a local path.
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-def _is_local(path: str) -> bool:
-    """A path is local if it exists, is not hub-id shaped, or starts in a local directory (models/x, data/x)."""
-    return Path(path).exists() or not _HUB_ID.match(path) or Path(path.split("/")[0]).is_dir()
+def _check_trackers(report_to: list[str]) -> None:
+    """Each tracker in `report_to` known to transformers and installed: its callback would fail after the model has
+    loaded. Only transformers' own trackers are checked against its list of installed ones, less kubeflow (switched
+    on by an environment variable, not a package) and flyte (not in that list); a tracker that a program registers
+    itself, as the benchmark's probe does, is there by definition."""
+    available = get_available_reporting_integrations()
+    for tracker in report_to:
+        if tracker not in INTEGRATION_TO_CALLBACK:
+            raise UserError(
+                f"report_to: unknown tracker '{tracker}' (transformers knows {', '.join(INTEGRATION_TO_CALLBACK)})"
+            )
+        transformers_own = (
+            INTEGRATION_TO_CALLBACK[tracker].__module__ == get_available_reporting_integrations.__module__
+        )
+        if transformers_own and tracker not in (*available, "kubeflow", "flyte"):
+            package = TRACKER_PACKAGES.get(tracker, tracker)
+            raise UserError(
+                f"report_to: {tracker} is not installed; install it (pip install {package}) or remove it from "
+                "report_to (docs/configuration.md, Trackers)"
+            )
 
 
 def _check_paths(script_args, model_args, training_args, run_args) -> None:
     model = model_args.model_name_or_path
     if not model:
         raise UserError("model_name_or_path is required (a local model directory or a hub id)")
-    if _is_local(model) and not (Path(model) / "config.json").is_file():
+    if is_local(model) and not (Path(model) / "config.json").is_file():
         raise UserError(f"model_name_or_path: no model at '{model}' (expected a directory holding config.json)")
-    if _is_local(model) and not any(Path(model).glob("*.safetensors")):
+    if is_local(model) and not any(Path(model).glob("*.safetensors")):
         raise UserError(
             f"model_name_or_path: no .safetensors weights in '{model}'; weights are read as safetensors only, never "
             "unpickled: convert the model once with transformers' from_pretrained and save_pretrained"
         )
+    if is_local(model):
+        check_base_model(model, training_args.trust_remote_code)
 
     dataset = script_args.dataset_name
     if not dataset:
         raise UserError("dataset_name is required (a hub id, a data directory or a .jsonl/.json/.parquet/.csv file)")
-    if (_is_local(dataset) or Path(dataset).suffix in DATA_FILE_BUILDERS) and not Path(dataset).exists():
+    if (is_local(dataset) or Path(dataset).suffix in DATA_FILE_BUILDERS) and not Path(dataset).exists():
         raise UserError(f"dataset_name: no such file or directory: '{dataset}'")
 
     merged = Path(run_args.merged_model_dir)

@@ -36,7 +36,7 @@ def reported_if_hub_unreachable(key: str, repo_id: str, repo_type: str = "model"
     try:
         yield
     except OSError as error:
-        if not any(isinstance(cause, (ConnectionError, LocalEntryNotFoundError)) for cause in _chain(error)):
+        if not any(isinstance(cause, (ConnectionError, LocalEntryNotFoundError)) for cause in error_chain(error)):
             raise
         offline = " (HF_HUB_OFFLINE is set)" if is_offline_mode() else ""
         download = f"hf download {repo_id}{' --repo-type dataset' if repo_type == 'dataset' else ''} --local-dir DIR"
@@ -46,7 +46,8 @@ def reported_if_hub_unreachable(key: str, repo_id: str, repo_type: str = "model"
         ) from None
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the errors it was raised from or while handling."""
     while error is not None:
         yield error
         error = error.__cause__ or error.__context__

@@ -13,13 +13,15 @@ _held_locks = []  # open lock files, kept for the life of the process; the OS re
 def lock_outputs(*directories: str | Path) -> None:
     """Take an exclusive lock beside each directory, on the main process, for as long as the run lives.
 
-    The lock is a `flock` on `.<name>.lock` next to the directory: a killed run leaves no stale lock behind.
+    The lock is a `flock` on `.<name>.lock` next to the directory, symlinks followed, so that two paths to one
+    directory take one lock; a killed run leaves no stale lock behind.
     """
     if not PartialState().is_main_process:
         return
     for directory in map(Path, directories):
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(directory.parent / f".{directory.name}.lock", "w")
+        resolved = directory.resolve()
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(resolved.parent / f".{resolved.name}.lock", "w")
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

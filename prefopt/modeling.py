@@ -1,15 +1,52 @@
-"""Loading the tokenizer and the base model to train, the same way for the three algorithms."""
+"""Checking and loading the tokenizer and the base model to train, the same way for the three algorithms."""
 
+import json
+import logging
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.integrations.fsdp import is_fsdp_enabled
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from trl import ModelConfig, get_quantization_config
 
+from prefopt.checkpoints import file_problem
 from prefopt.errors import UserError, reported_if_hub_unreachable
+
+logger = logging.getLogger(__name__)
+
+
+def check_base_model(model_dir: str | Path, trust_remote_code: bool = False) -> None:
+    """Refuse a local base model that would fail to load: weights cut short or corrupt, or a config.json of an
+    architecture that this transformers has no causal language model for. Reads headers and JSON only."""
+    model_dir = Path(model_dir)
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        problem = file_problem(weights)
+        if problem:
+            raise UserError(f"model_name_or_path: '{weights}' {problem}; download or save the model again")
+    config = json.loads((model_dir / "config.json").read_text())
+    if trust_remote_code and "AutoModelForCausalLM" in config.get("auto_map", {}):
+        return  # the model's own code defines it
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise UserError(
+            f"model_name_or_path: '{model_dir / 'config.json'}' has model_type {model_type!r}, which this version of "
+            "transformers does not know; upgrade transformers, or set trust_remote_code: true if the model ships its "
+            "own code"
+        )
+    if CONFIG_MAPPING[model_type] not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise UserError(
+            f"model_name_or_path: '{model_dir}' is a {model_type} model, which has no causal language model class in "
+            "transformers; train a causal (decoder) language model"
+        )
 
 
 def load_tokenizer(
@@ -22,7 +59,14 @@ def load_tokenizer(
         )
     if chat_template_path:
         tokenizer.chat_template = read_chat_template(chat_template_path)
+    # The trainers end every completion with the EOS token.
+    if tokenizer.eos_token is None:
+        raise UserError(
+            f"model_name_or_path: the tokenizer of '{model_args.model_name_or_path}' has no EOS token, which the "
+            "trainers end each completion with; set eos_token in its tokenizer_config.json"
+        )
     if tokenizer.pad_token is None:
+        logger.info("the tokenizer has no pad token: padding with its EOS token %r", tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

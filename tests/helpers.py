@@ -57,6 +57,39 @@ def run_command(command: list[str], cwd: Path = REPO, check: bool = True, **env:
     return result
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The lines a script's user errors printed; a progress bar may precede one on its line."""
+    return re.findall(r"error: .*", stderr)
+
+
+def run_with_mount(
+    mount: str, directory: Path, command: list[str | Path], snapshot: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    """Run `command` in a mount namespace of its own where `directory` is a small tmpfs (`mount` is "tmpfs:SIZE", e.g.
+    "tmpfs:1m") or read-only ("ro"), as a full or read-only disk would be; then copy what `directory` holds to
+    `snapshot`, since the mount ends with the namespace. Needs the right to mount (root, as in CI)."""
+    mount_command = (
+        'mount --bind "$D" "$D" && mount -o remount,bind,ro "$D"'
+        if mount == "ro"
+        else f'mount -t tmpfs -o size={mount.removeprefix("tmpfs:")} tmpfs "$D"'
+    )
+    script = (
+        f'set -e; D="$1"; S="$2"; shift 2; {mount_command}; set +e; "$@"; status=$?; '
+        '[ -z "$S" ] || cp -a "$D"/. "$S"/; exit $status'
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    if snapshot:
+        snapshot.mkdir(parents=True)
+    shell = ["unshare", "--mount", "sh", "-c", script, "sh", directory, snapshot or ""]
+    return run_command([*map(str, shell), *map(str, command)], check=False, **env)
+
+
+def can_mount() -> bool:
+    """Whether `run_with_mount` can mount here."""
+    command = ["unshare", "--mount", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", "/mnt"]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
 def training_args(algorithm: str, assets: DemoAssets, run_dir: Path, max_steps: int, *extra: str) -> list[str]:
     """Flags running the shipped `<algorithm>_v1.yaml` on `assets`, with every output under `run_dir`."""
     return [

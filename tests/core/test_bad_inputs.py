@@ -8,9 +8,11 @@ are imported, and `accelerate launch` starts processes of its own.
 """
 
 import contextlib
+import hashlib
 import io
 import json
 import runpy
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,7 +23,7 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from tests.helpers import REPO, accelerate_launch, run_command, script_env
+from tests.helpers import REPO, accelerate_launch, error_lines, run_command, script_env
 
 PAIRS = [{"prompt": f"Review {i}:", "chosen": " great.", "rejected": " awful."} for i in range(40)]
 MESSAGES = [{"role": "user", "content": "Review a film."}]
@@ -68,6 +70,33 @@ def model_without_chat_template(directory: Path, model_dir: Path) -> None:
     directory.mkdir()
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         (directory / name).symlink_to(model_dir / name)
+
+
+def copy_of_model(directory: Path, model_dir: Path) -> None:
+    shutil.copytree(model_dir, directory)
+
+
+def model_cut_short(directory: Path, model_dir: Path) -> None:
+    copy_of_model(directory, model_dir)
+    weights = directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def model_of_unknown_type(directory: Path, model_dir: Path) -> None:
+    copy_of_model(directory, model_dir)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "model_type": "llama_next"}))
+
+
+def tokenizer_without_eos(directory: Path, model_dir: Path) -> None:
+    copy_of_model(directory, model_dir)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    del config["eos_token"], config["pad_token"]
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def symlink_to(target: str) -> Callable[[Path, Path], None]:
+    return lambda path, model_dir: path.symlink_to(target, target_is_directory=True)
 
 
 def incomplete_checkpoint(directory: Path, model_dir: Path) -> None:
@@ -143,6 +172,21 @@ CONFIG_CASES = {
     "SimPO with another loss": Case(
         "simpo.py trains SimPO: loss_type must be 'simpo', got 'sigmoid'", {"loss_type": "sigmoid"}, script="simpo"
     ),
+    "tracker not installed": Case(
+        "report_to: wandb is not installed; install it (pip install wandb) or remove it from report_to "
+        "(docs/configuration.md, Trackers)",
+        {"report_to": "wandb"},
+    ),
+    "tensorboard not installed": Case(
+        "report_to: tensorboard is not installed; install it (pip install tensorboard) or remove it from report_to "
+        "(docs/configuration.md, Trackers)",
+        {"report_to": ["tensorboard"]},
+    ),
+    "unknown tracker": Case(
+        "report_to: unknown tracker 'wandbb' (transformers knows azure_ml, comet_ml, mlflow, neptune, tensorboard, "
+        "trackio, wandb, codecarbon, clearml, dagshub, flyte, dvclive, swanlab, kubeflow)",
+        {"report_to": "wandbb"},
+    ),
     "resuming checkpoints saved without optimizer": Case(
         "resume_from_checkpoint: checkpoints saved with save_only_model: true hold no optimizer or RNG state to "
         "resume from; set save_only_model: false",
@@ -202,6 +246,72 @@ PATH_CASES = {
         "set resume_from_checkpoint: true to resume from the newest complete one in output_dir",
         flags=("--resume_from_checkpoint", "old/checkpoint-8"),
         files={"old/checkpoint-8": incomplete_checkpoint},
+    ),
+    "output_dir is the base model": Case(
+        "output_dir 'base' is model_name_or_path 'base', and the run would write into it; choose an output_dir "
+        "outside the run's inputs",
+        {"model_name_or_path": "base", "output_dir": "base"},
+        files={"base": copy_of_model},
+    ),
+    "output_dir inside the base model": Case(
+        "output_dir 'base/run' is inside model_name_or_path 'base', and the run would write into it; choose an "
+        "output_dir outside the run's inputs",
+        {"model_name_or_path": "base", "output_dir": "base/run"},
+        files={"base": copy_of_model},
+    ),
+    "output_dir a symlink to the base model": Case(
+        "output_dir 'link' (-> '{case_dir}/base') is model_name_or_path 'base', and the run would write into it; "
+        "choose an output_dir outside the run's inputs",
+        {"model_name_or_path": "base", "output_dir": "link"},
+        files={"base": copy_of_model, "link": symlink_to("base")},
+    ),
+    "output_dir inside the data directory": Case(
+        "output_dir 'data/run' is inside dataset_name 'data', and the run would write into it; choose an output_dir "
+        "outside the run's inputs",
+        {"dataset_name": "data", "output_dir": "data/run"},
+        files={"data/train.jsonl": jsonl(PAIRS)},
+    ),
+    "merged_model_dir is the base model": Case(
+        "merged_model_dir 'base' is model_name_or_path 'base', and the merge replaces merged_model_dir whole; choose "
+        "a merged_model_dir that holds none of the run's other paths",
+        {"model_name_or_path": "base", "merged_model_dir": "base", "overwrite_merged": True},
+        files={"base": copy_of_model},
+    ),
+    "merged_model_dir containing output_dir": Case(
+        "merged_model_dir 'run' contains output_dir 'run/adapter', and the merge replaces merged_model_dir whole; "
+        "choose a merged_model_dir that holds none of the run's other paths",
+        {"output_dir": "run/adapter", "merged_model_dir": "run", "images_dir": "images"},
+    ),
+    "merged_model_dir is output_dir": Case(
+        "merged_model_dir 'outputs/run' is output_dir 'outputs/run', and the merge replaces merged_model_dir whole; "
+        "choose a merged_model_dir that holds none of the run's other paths",
+        {"merged_model_dir": "outputs/run"},
+    ),
+    "merged_model_dir containing the data": Case(
+        "merged_model_dir 'models/run' contains dataset_name 'models/run/data.jsonl', and the merge replaces "
+        "merged_model_dir whole; choose a merged_model_dir that holds none of the run's other paths",
+        {"dataset_name": "models/run/data.jsonl", "overwrite_merged": True},
+        files={"models/run/data.jsonl": jsonl(PAIRS)},
+    ),
+    "images_dir is merged_model_dir": Case(
+        "merged_model_dir 'models/run' is images_dir 'models/run', and the merge replaces merged_model_dir whole; "
+        "choose a merged_model_dir that holds none of the run's other paths",
+        {"images_dir": "models/run"},
+    ),
+    "output_dir is a file": Case(
+        "output_dir 'outputs/run' is not a directory; choose a directory for output_dir",
+        files={"outputs/run": "notes\n"},
+    ),
+    "images_dir under a file": Case(
+        "images_dir 'notes.txt/images' is not a directory: '{case_dir}/notes.txt' is a file; choose a directory for "
+        "images_dir",
+        {"images_dir": "notes.txt/images"},
+        files={"notes.txt": "notes\n"},
+    ),
+    "merged_model_dir is a file": Case(
+        "merged_model_dir 'models/run' is not a directory; choose a directory for merged_model_dir",
+        {"overwrite_merged": True},
+        files={"models/run": "notes\n"},
     ),
     "unsupported file type": Case(
         "dataset_name: cannot read 'pairs.txt' (supported: .jsonl, .json, .parquet, .csv)",
@@ -304,6 +414,23 @@ DATA_CASES = {
 }
 
 MODEL_CASES = {
+    "base weights cut short": Case(
+        "model_name_or_path: 'base/model.safetensors' is truncated or corrupt; download or save the model again",
+        {"model_name_or_path": "base"},
+        files={"base": model_cut_short},
+    ),
+    "base of an unknown architecture": Case(
+        "model_name_or_path: 'base/config.json' has model_type 'llama_next', which this version of transformers does "
+        "not know; upgrade transformers, or set trust_remote_code: true if the model ships its own code",
+        {"model_name_or_path": "base"},
+        files={"base": model_of_unknown_type},
+    ),
+    "tokenizer without an EOS token": Case(
+        "model_name_or_path: the tokenizer of 'base' has no EOS token, which the trainers end each completion with; "
+        "set eos_token in its tokenizer_config.json",
+        {"model_name_or_path": "base"},
+        files={"base": tokenizer_without_eos},
+    ),
     "conversational data and no chat template": Case(
         "data.jsonl [train]: the data is conversational but the tokenizer has no chat template; set "
         "chat_template_path to a .jinja file or to a tokenizer directory that has one",
@@ -342,8 +469,12 @@ def prepare(case: Case, directory: Path, model_dir: Path) -> list[str]:
     return list(case.flags) if "--config" in case.flags else ["--config", "config.yaml", *case.flags]
 
 
-def tree(directory: Path) -> set[str]:
-    return {str(path.relative_to(directory)) for path in directory.rglob("*")}
+def tree(directory: Path) -> set[tuple[str, str]]:
+    """Each path under `directory` with its content's digest, so that a file changed or deleted counts as written."""
+    return {
+        (str(path.relative_to(directory)), hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "")
+        for path in directory.rglob("*")
+    }
 
 
 def run_in_process(script: str, args: list[str], directory: Path, monkeypatch) -> tuple[int, str]:
@@ -360,11 +491,7 @@ def run_in_process(script: str, args: list[str], directory: Path, monkeypatch) -
     return 0, stderr.getvalue()
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]
-
-
-def assert_refused(status: int, stderr: str, message: str, written: set[str]) -> None:
+def assert_refused(status: int, stderr: str, message: str, written: set[tuple[str, str]]) -> None:
     assert error_lines(stderr) == [f"error: {message}"], stderr[-3000:]
     assert status == 2
     assert written == set(), f"written: {sorted(written)}"
@@ -383,7 +510,8 @@ def test_bad_input_is_refused_in_one_line(name, case_dir, demo_assets, monkeypat
     args = prepare(case, case_dir, demo_assets.model_dir)
     before = tree(case_dir)
     status, stderr = run_in_process(case.script, args, case_dir, monkeypatch)
-    assert_refused(status, stderr, case.message, tree(case_dir) - before)
+    message = case.message.replace("{case_dir}", str(case_dir.resolve()))
+    assert_refused(status, stderr, message, tree(case_dir) ^ before)
 
 
 def test_a_subprocess_ends_as_the_script_run_in_process(case_dir, demo_assets, monkeypatch):
@@ -391,7 +519,7 @@ def test_a_subprocess_ends_as_the_script_run_in_process(case_dir, demo_assets, m
     args = prepare(case, case_dir, demo_assets.model_dir)
     before = tree(case_dir)
     result = run_command([sys.executable, str(REPO / "dpo.py"), *args], cwd=case_dir, check=False)
-    assert_refused(result.returncode, result.stderr, case.message, tree(case_dir) - before)
+    assert_refused(result.returncode, result.stderr, case.message, tree(case_dir) ^ before)
     status, stderr = run_in_process("dpo", args, case_dir, monkeypatch)
     assert (status, error_lines(stderr)) == (result.returncode, error_lines(result.stderr))
 
@@ -438,7 +566,7 @@ def test_hub_id_offline_with_nothing_cached(name, case_dir, demo_assets):
     process = start_in_subprocess(args, case_dir, HF_HUB_OFFLINE="1")
     stderr = stderr_of(process)
     message = case.message.format(offline=" (HF_HUB_OFFLINE is set)")
-    assert_refused(process.returncode, stderr, message, tree(case_dir) - before)
+    assert_refused(process.returncode, stderr, message, tree(case_dir) ^ before)
 
 
 def test_hub_ids_unreachable_with_nothing_cached(tmp_path, demo_assets):
@@ -454,7 +582,7 @@ def test_hub_ids_unreachable_with_nothing_cached(tmp_path, demo_assets):
     for name, (directory, before, process) in runs.items():
         stderr = stderr_of(process)
         message = HUB_CASES[name].message.format(offline="")
-        assert_refused(process.returncode, stderr, message, tree(directory) - before)
+        assert_refused(process.returncode, stderr, message, tree(directory) ^ before)
 
 
 def test_accelerate_processes_that_do_not_join_one_run(case_dir, demo_assets):
@@ -472,7 +600,7 @@ def test_accelerate_processes_that_do_not_join_one_run(case_dir, demo_assets):
     assert error_lines(result.stderr) in ([f"error: {message}"], [f"error: {message}"] * 2)
     assert "exitcode  : 2" in result.stderr
     assert result.returncode == 1
-    assert tree(case_dir) - before == set()
+    assert tree(case_dir) ^ before == set()
 
 
 def test_the_catalogue_covers_every_kind_of_input():

@@ -1,7 +1,9 @@
 """Config parsing: TRL's keys from YAML, CLI overrides, renamed keys and warnings (user errors: test_bad_inputs.py)."""
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 from trl import DPOConfig, KTOConfig
 
 from prefopt.config import parse_args
@@ -72,8 +74,8 @@ def test_existing_merged_model_is_replaced_with_overwrite(write_config, tmp_path
 def test_shipped_demo_configs_parse(algorithm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths in the config: models/demo-base, data/demo
     (tmp_path / "models" / "demo-base").mkdir(parents=True)
-    (tmp_path / "models" / "demo-base" / "config.json").write_text("{}")
-    (tmp_path / "models" / "demo-base" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "models" / "demo-base" / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"weight": torch.zeros(1)}, tmp_path / "models" / "demo-base" / "model.safetensors")
     (tmp_path / "data" / "demo").mkdir(parents=True)
     config_class = {"dpo": DPOConfig, "kto": KTOConfig, "simpo": SimPOConfig}[algorithm]
     _, training_args, model_args, run_args = parse_args(

@@ -56,19 +56,40 @@ def test_simpo_paper_recipe_runs_with_its_renamed_keys_carried_over(demo_assets,
     assert state["global_step"] == 2
 
 
+# This machine has no GPU, and no wandb, which the SimPO repository's recipes report to.
+NO_GPU_NOR_WANDB = ("--use_cpu", "true", "--report_to", "none")
+
+
+@pytest.mark.parametrize("recipe", ["simpo_llama-3-8b-instruct-simpo.yaml", "simpo_gemma-2-9b-it-simpo.yaml"])
+def test_simpo_recipes_name_the_tracker_to_install(recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((RECIPES / recipe).read_text())
+    assert config["report_to"] == ["wandb"]
+    config.pop("chat_template", None)  # the Gemma recipe's, refused before report_to is read
+    (tmp_path / recipe).write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError) as error:
+        parse_args(SimPOConfig, ["--config", recipe, "--use_cpu", "true"])
+    assert str(error.value) == (
+        "report_to: wandb is not installed; install it (pip install wandb) or remove it from report_to "
+        "(docs/configuration.md, Trackers)"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == [recipe]
+
+
 @pytest.mark.parametrize(
     "command_line, attention", [([], "flash_attention_2"), (["--attn_implementation", "sdpa"], "sdpa")]
 )
 def test_command_line_overrides_a_renamed_key(command_line, attention, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the recipe's relative output_dir and merged_model_dir
-    _, _, model_args, _ = parse_args(SimPOConfig, ["--config", str(SIMPO_LLAMA3), "--use_cpu", "true", *command_line])
+    args = ["--config", str(SIMPO_LLAMA3), *NO_GPU_NOR_WANDB, *command_line]
+    _, _, model_args, _ = parse_args(SimPOConfig, args)
     assert model_args.attn_implementation == attention
 
 
 def test_simpo_recipe_values_carry_over(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     script_args, training_args, model_args, _ = parse_args(
-        SimPOConfig, ["--config", str(SIMPO_LLAMA3), "--use_cpu", "true"]
+        SimPOConfig, ["--config", str(SIMPO_LLAMA3), *NO_GPU_NOR_WANDB]
     )
     assert (script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_test_split) == (
         "princeton-nlp/llama3-ultrafeedback",
@@ -142,5 +163,5 @@ def test_keys_without_successor_are_refused_until_replaced(recipe, tmp_path, mon
     (tmp_path / "published_recipes").mkdir()
     fixed = tmp_path / "published_recipes" / recipe
     fixed.write_text(yaml.safe_dump(config))
-    parse_args(config_class, ["--config", str(fixed), "--use_cpu", "true"])
+    parse_args(config_class, ["--config", str(fixed), *NO_GPU_NOR_WANDB])
     assert carried_note in notes(caplog)

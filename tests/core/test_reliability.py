@@ -7,6 +7,7 @@ time however loaded the machine is.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,14 +15,23 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import TrainingArguments
+from trl import ModelConfig, ScriptArguments
 
 from prefopt.checkpoints import checkpoint_problem, resume_checkpoint
+from prefopt.errors import UserError
 from prefopt.locking import lock_outputs
+from prefopt.run_record import RunRecord, run_settings
 from tests.helpers import (
     REPO,
+    assert_merged_is_base_plus_adapter,
+    can_mount,
+    error_lines,
     read_jsonl,
     run_script,
+    run_with_mount,
     script_env,
     train_losses,
     training_args,
@@ -156,47 +166,203 @@ def test_checkpoint_problem_names_the_missing_or_damaged_part(tmp_path, damage, 
     assert checkpoint_problem(checkpoint) == problem
 
 
-def resume_args(output_dir: Path) -> TrainingArguments:
-    return TrainingArguments(output_dir=str(output_dir), resume_from_checkpoint=True, use_cpu=True)
+def resume_configs(output_dir: Path) -> tuple:
+    """The configs of a run in `output_dir` with resume_from_checkpoint: true."""
+    return (
+        ScriptArguments(dataset_name="data.jsonl"),
+        TrainingArguments(output_dir=str(output_dir), resume_from_checkpoint=True, use_cpu=True),
+        ModelConfig(model_name_or_path="models/base", use_peft=True),
+    )
 
 
-def test_resume_takes_the_newest_complete_checkpoint_and_sets_the_others_aside(tmp_path, caplog):
-    for step in (4, 8, 12):
-        write_checkpoint(tmp_path / f"checkpoint-{step}")
+def record_run(output_dir: Path, *checkpoints: Path, **settings) -> RunRecord:
+    """A run of `resume_configs` (with `settings` changed) recorded in `output_dir` and in the checkpoints it saved."""
+    run = RunRecord.new({**run_settings(*resume_configs(output_dir)), **settings})
+    for directory in (output_dir, *checkpoints):
+        run.write(directory)
+    return run
+
+
+def test_resume_takes_the_runs_newest_complete_checkpoint_and_sets_its_others_aside(tmp_path, caplog):
+    checkpoints = [write_checkpoint(tmp_path / f"checkpoint-{step}") for step in (4, 8, 12)]
+    run = record_run(tmp_path, *checkpoints)
     (tmp_path / "checkpoint-12" / "optimizer.pt").unlink()
     cut_short(tmp_path / "checkpoint-8" / "rng_state.pth")
     (tmp_path / "_incomplete-checkpoint-12").mkdir()  # set aside by an earlier resume: kept, not overwritten
     write_checkpoint(tmp_path / "_staging-checkpoint-16" / "checkpoint-16")  # a save that never finished
+    record_run(tmp_path / "elsewhere", write_checkpoint(tmp_path / "checkpoint-20"))  # complete, another run's
+    write_checkpoint(tmp_path / "checkpoint-24")  # complete, of no recorded run
     with caplog.at_level("INFO"):
-        assert resume_checkpoint(resume_args(tmp_path)) == str(tmp_path / "checkpoint-4")
-    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        assert resume_checkpoint(*resume_configs(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert sorted(path.name for path in tmp_path.iterdir() if "checkpoint" in path.name) == [
         "_incomplete-checkpoint-12",
         "_incomplete-checkpoint-12-2",
         "_incomplete-checkpoint-8",
+        "checkpoint-20",
+        "checkpoint-24",
         "checkpoint-4",
     ]
     assert caplog.messages == [
         f"resuming from {tmp_path / 'checkpoint-4'}; "
         "checkpoint-12 is incomplete (no optimizer state), moved aside to _incomplete-checkpoint-12-2; "
-        "checkpoint-8 is incomplete (rng_state.pth is truncated or corrupt), moved aside to _incomplete-checkpoint-8"
+        "checkpoint-8 is incomplete (rng_state.pth is truncated or corrupt), moved aside to _incomplete-checkpoint-8; "
+        "checkpoint-20 saved by another run, not resumed; "
+        "checkpoint-24 record no run (saved by an older version or another program), not resumed: name one in "
+        "resume_from_checkpoint to resume from it"
     ]
+    assert RunRecord.read(tmp_path) == run  # the run continues under its id
 
 
-def test_resume_with_no_complete_checkpoint_trains_from_scratch(tmp_path, caplog):
-    write_checkpoint(tmp_path / "checkpoint-4")
+def test_resume_with_no_complete_checkpoint_of_the_run_starts_a_new_run(tmp_path, caplog):
+    old_run = record_run(tmp_path, write_checkpoint(tmp_path / "checkpoint-4"))
     (tmp_path / "checkpoint-4" / "trainer_state.json").unlink()
     with caplog.at_level("INFO"):
-        assert resume_checkpoint(resume_args(tmp_path)) is None
-        assert resume_checkpoint(resume_args(tmp_path / "never_written")) is None
-    assert caplog.messages[0].startswith(f"no complete checkpoint in {tmp_path}: training from scratch; checkpoint-4")
-    assert caplog.messages[1] == f"no complete checkpoint in {tmp_path / 'never_written'}: training from scratch"
+        assert resume_checkpoint(*resume_configs(tmp_path)) is None
+        assert resume_checkpoint(*resume_configs(tmp_path / "never_written")) is None
+    assert caplog.messages[0].startswith(
+        f"no complete checkpoint of this run in {tmp_path}: training from scratch; checkpoint-4 is incomplete"
+    )
+    assert (
+        caplog.messages[1]
+        == f"no complete checkpoint of this run in {tmp_path / 'never_written'}: training from scratch"
+    )
+    assert RunRecord.read(tmp_path).run_id != old_run.run_id
+    assert RunRecord.read(tmp_path / "never_written").settings == run_settings(*resume_configs(tmp_path / "x"))
 
 
-def test_second_run_on_the_same_output_dir_refuses(demo_assets, tmp_path):
+@pytest.mark.parametrize(
+    "changed, refusal",
+    [
+        (
+            {"lora_r": 8},
+            "was trained with lora_r 8 (config: 16); set them back to resume it, or start a new run (without "
+            "resume_from_checkpoint, or in another output_dir)",
+        ),
+        (
+            {"learning_rate": 0.001, "seed": 1},
+            "was saved by a run with learning_rate 0.001 (config: 5e-05); seed 1 (config: 42); set them back to "
+            "continue that run, name the checkpoint (resume_from_checkpoint: {checkpoint}) to continue it with these "
+            "settings, or start a new run (without resume_from_checkpoint, or in another output_dir)",
+        ),
+    ],
+    ids=["lora shape", "training settings"],
+)
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, changed, refusal):
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-4")
+    record_run(tmp_path, checkpoint, **changed)
+    before = (tmp_path / "run.json").read_text()
+    with pytest.raises(UserError) as error:
+        resume_checkpoint(*resume_configs(tmp_path))
+    assert str(error.value) == f"resume_from_checkpoint: {checkpoint} " + refusal.format(checkpoint=checkpoint)
+    assert (tmp_path / "run.json").read_text() == before
+
+
+@pytest.mark.parametrize("through_a_symlink", [False, True], ids=["same path", "through a symlink"])
+def test_second_run_on_the_same_output_dir_refuses(demo_assets, tmp_path, through_a_symlink):
     args = training_args("dpo", demo_assets, tmp_path, 2)
-    output_dir = args[args.index("--output_dir") + 1]
+    output_dir = Path(args[args.index("--output_dir") + 1])
     lock_outputs(output_dir)  # as a running first run holds it
+    if through_a_symlink:  # the second run reaches the same directory through a symlink
+        (tmp_path / "link").symlink_to(output_dir, target_is_directory=True)
+        args[args.index("--output_dir") + 1] = tmp_path / "link"
     result = run_script("dpo.py", *args, check=False)
     assert result.returncode == 2
-    assert f"error: another run is writing to '{output_dir}'" in result.stderr
-    assert not os.path.exists(output_dir)
+    assert f"error: another run is writing to '{args[args.index('--output_dir') + 1]}'" in result.stderr
+    assert not output_dir.exists()
+
+
+def short_run_args(run_dir: Path, assets, data, *extra) -> list:
+    """4 steps of DPO, a checkpoint every 2, with every output under `run_dir`."""
+    return training_args(
+        "dpo", assets, run_dir, 4,
+        "--dataset_name", data,
+        "--per_device_train_batch_size", "4",
+        "--logging_steps", "1",
+        "--save_steps", "2",
+        "--eval_strategy", "no",
+        *extra,
+    )  # fmt: skip
+
+
+def test_resume_continues_its_own_run_not_another_ones_in_the_same_output_dir(demo_assets, small_data, tmp_path):
+    """Run A finishes with checkpoint-2 and -4; run B, in the same output_dir with another learning rate, saves
+    checkpoint-2 (replacing A's) and is killed; resumed, B continues from its own checkpoint-2, not A's newer -4."""
+    run_a = short_run_args(tmp_path, demo_assets, small_data, "--merge", "false")
+    run_script("dpo.py", *run_a, **THREADS)
+    output_dir = tmp_path / "outputs" / "dpo_test"
+    adapter_a = load_file(output_dir / "adapter_model.safetensors")
+
+    run_b = short_run_args(tmp_path, demo_assets, small_data, "--learning_rate", "1e-3")
+    run_until_killed("dpo.py", run_b, "step 4", tmp_path / "b.log")
+    assert checkpoint_names(output_dir) == ["checkpoint-2", "checkpoint-4"]  # B's checkpoint-2, A's checkpoint-4
+    result = run_script("dpo.py", *run_b, "--resume_from_checkpoint", "true", **THREADS)
+    assert (
+        f"resuming from {output_dir / 'checkpoint-2'}; checkpoint-4 saved by another run, not resumed" in result.stderr
+    )
+    assert sorted(train_losses(output_dir)) == [1, 2, 3, 4]
+    adapter_b = load_file(output_dir / "adapter_model.safetensors")
+    assert adapter_b.keys() == adapter_a.keys()
+    assert all(not torch.equal(adapter_b[name], adapter_a[name]) for name in adapter_a if "lora_B" in name)
+    merged_dir = tmp_path / "models" / "dpo_test"
+    assert_merged_is_base_plus_adapter(merged_dir, demo_assets.model_dir, output_dir)
+    assert RunRecord.read(output_dir / "checkpoint-4") == RunRecord.read(output_dir)  # B's own now
+
+    # Resuming B with another LoRA shape is refused in one line, before anything is written.
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    changed = ("--resume_from_checkpoint", "true", "--lora_r", "8", "--overwrite_merged", "true")
+    result = run_script("dpo.py", *run_b, *changed, check=False)
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"error: resume_from_checkpoint: {output_dir / 'checkpoint-4'} was trained with lora_r 16 (config: 8); set "
+        "them back to resume it, or start a new run (without resume_from_checkpoint, or in another output_dir)"
+    ]
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+needs_mount = pytest.mark.skipif(not can_mount(), reason="needs the right to mount a file system (root)")
+
+
+def run_on_small_disk(size: str, assets, data, tmp_path: Path, **env: str) -> tuple:
+    """`short_run_args` without the merge, output_dir on a tmpfs of `size`: the result, output_dir, and what
+    output_dir held when the run ended."""
+    disk, snapshot = tmp_path / "disk", tmp_path / "snapshot"
+    output_dir = disk / "outputs" / "dpo_test"
+    args = short_run_args(tmp_path, assets, data, "--merge", "false", "--output_dir", output_dir)
+    result = run_with_mount(size, disk, [sys.executable, REPO / "dpo.py", *args], snapshot, **THREADS, **env)
+    return result, output_dir, snapshot / "outputs" / "dpo_test"
+
+
+@needs_mount
+def test_a_full_disk_during_a_save_stops_the_run_in_one_line_keeping_the_earlier_checkpoints(
+    demo_assets, small_data, tmp_path
+):
+    hook = {"PYTHONPATH": os.pathsep.join([str(PAUSE_HOOK), str(REPO)]), "PREFOPT_TEST_PAUSE_AT": "full 4"}
+    result, output_dir, saved = run_on_small_disk("tmpfs:8m", demo_assets, small_data, tmp_path, **hook)
+    errors = error_lines(result.stderr)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1
+    assert re.fullmatch(
+        re.escape(f"error: checkpoint-4 could not be saved: no space left on device in '{output_dir}' (a checkpoint ")
+        + r"needs about 0\.8 MB, \d\.\d MB free\); the earlier checkpoints are whole: free space, then resume with "
+        + re.escape("resume_from_checkpoint: true"),
+        errors[0],
+    ), errors[0]
+    assert checkpoint_names(saved) == ["checkpoint-2"]  # no staging directory left, nothing of checkpoint-4
+    assert checkpoint_problem(saved / "checkpoint-2") is None
+    assert not (saved / "adapter_model.safetensors").exists()
+
+
+@needs_mount
+def test_an_output_dir_without_room_for_the_checkpoints_is_refused_before_the_first_step(
+    demo_assets, small_data, tmp_path
+):
+    result, output_dir, saved = run_on_small_disk("tmpfs:1m", demo_assets, small_data, tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    # 69,632 LoRA weights in float32 (0.28 MB): checkpoint-2 and -4 of three copies each, and the adapter.
+    assert error_lines(result.stderr) == [
+        f"error: output_dir '{output_dir}': 1.0 MB free on its file system, and the run needs about 1.9 MB (2 "
+        "checkpoint(s) of 0.8 MB and the adapter of 0.3 MB); free space, lower save_total_limit, or choose another "
+        "output_dir"
+    ]
+    assert "Running training" not in result.stderr
+    assert sorted(path.name for path in saved.iterdir()) == ["run.json"]

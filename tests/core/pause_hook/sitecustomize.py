@@ -5,9 +5,11 @@ and nothing else does. `PREFOPT_TEST_PAUSE_AT` chooses the moment:
 
 - `save N`: during the save of checkpoint N, after its weights and optimizer state, with its scheduler state cut
   short halfway, as a kill in the middle of writing leaves a file;
-- `step N`: as optimizer step N begins.
+- `step N`: as optimizer step N begins;
+- `full N`: as the save of checkpoint N begins, a file fills the file system of output_dir's parent, and the run
+  goes on to meet a full disk.
 
-The run then creates the file named by `PREFOPT_TEST_PAUSED` and sleeps until it is killed.
+At the first two, the run creates the file named by `PREFOPT_TEST_PAUSED` and sleeps until it is killed.
 """
 
 import os
@@ -39,6 +41,20 @@ if os.environ.get("PREFOPT_TEST_PAUSE_AT"):
             return save(obj, f, *args, **kwargs)
 
         torch.save = save_cut_short
+    elif moment == "full":
+        save_checkpoint = transformers.Trainer._save_checkpoint
+
+        def save_on_a_full_disk(self, model, trial):
+            if self.state.global_step == int(step):
+                filler = os.open(Path(self.args.output_dir).parent / "filler", os.O_WRONLY | os.O_CREAT)
+                try:
+                    while os.write(filler, bytes(1 << 16)):
+                        pass
+                except OSError:  # no space left
+                    os.close(filler)
+            return save_checkpoint(self, model, trial)
+
+        transformers.Trainer._save_checkpoint = save_on_a_full_disk
     else:
         training_step = transformers.Trainer.training_step
 
