@@ -39,13 +39,19 @@ def run_script(
 
 def accelerate_launch(script: str, *args: str | Path, num_processes: int, check: bool = True, cwd: Path = REPO):
     """`accelerate launch` with the shipped multi-GPU config, as a user would run it on a GPU machine."""
+    command = accelerate_command("multi_gpu.yaml", ["--num_processes", str(num_processes)], script, *args)
+    return run_command(command, cwd=cwd, check=check)
+
+
+def accelerate_command(config: str, launcher_flags: list[str], script: str, *args: str | Path) -> list[str]:
+    """`accelerate launch --config_file accelerate_configs/<config> <launcher_flags> <script> <args>`, on any free
+    port unless the flags name one: other runs may share this machine."""
+    port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", "0"]
     launch = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "accelerate_configs" / "multi_gpu.yaml"),
-        "--num_processes", str(num_processes),
-        "--main_process_port", "0",  # any free port: other runs may share this machine
+        "--config_file", str(REPO / "accelerate_configs" / config), *port, *launcher_flags,
     ]  # fmt: skip
-    return run_command([*launch, str(REPO / script), *map(str, args)], cwd=cwd, check=check)
+    return [*launch, str(REPO / script), *map(str, args)]
 
 
 def run_command(command: list[str], cwd: Path = REPO, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -55,6 +61,11 @@ def run_command(command: list[str], cwd: Path = REPO, check: bool = True, **env:
         name = Path(command[1] if command[1] != "-m" else command[2]).name
         raise AssertionError(f"{name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The one-line errors in a run's stderr (`prefopt.errors.exit_on_user_error`)."""
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
 def training_args(algorithm: str, assets: DemoAssets, run_dir: Path, max_steps: int, *extra: str) -> list[str]:
