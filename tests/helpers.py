@@ -1,6 +1,7 @@
 """Plain helpers of the tests (no fixtures): running the scripts as a user does, writing and reading small files,
 synthetic runs, and the check that a merged model is base + adapter. Fixtures live in `conftest.py`."""
 
+import fcntl
 import json
 import os
 import re
@@ -28,6 +29,16 @@ class DemoAssets:
 def script_env(**extra: str) -> dict[str, str]:
     """The environment of a script run by a test: the repository importable, tokenizers single-threaded."""
     return {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def paused_env(moment: str, paused: Path) -> dict[str, str]:
+    """Environment variables for a run that pauses at `moment` and says so in the file `paused` (the test hook in
+    `tests/core/pause_hook`, on the run's PYTHONPATH only)."""
+    return {
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "core" / "pause_hook"), str(REPO)]),
+        "PREFOPT_TEST_PAUSE_AT": moment,
+        "PREFOPT_TEST_PAUSED": str(paused),
+    }
 
 
 def run_script(
@@ -134,6 +145,15 @@ def assert_merged_is_base_plus_adapter(merged_dir: Path, base_dir: Path, adapter
             base_logits = adapted(**inputs).logits
     torch.testing.assert_close(merged_logits, adapted_logits, atol=1e-4, rtol=0)
     assert (merged_logits - base_logits).abs().max() > 1e-3, "training left the model unchanged"
+
+
+def assert_unlocked(*directories: Path) -> None:
+    """No process holds the run lock beside each directory (`prefopt.locking`), so another run could start there."""
+    for directory in directories:
+        lock_path = directory.parent / f".{directory.name}.lock"
+        assert lock_path.is_file(), f"no lock was taken for {directory}"
+        with lock_path.open("a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while a process holds it
 
 
 def front_matter(card_path: Path) -> dict:
