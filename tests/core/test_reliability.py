@@ -149,38 +149,44 @@ def test_run_killed_during_a_save_and_between_saves_resumes_to_the_same_losses(
         assert resumed[step] == pytest.approx(loss, abs=1e-4), f"step {step}"
 
 
+def stop_run_script(algorithm: str, signum: int, step: int, assets, data: Path, run_dir: Path) -> list:
+    """Signal `bash run_script.bash` during `step` of a run of `kill_test_args` (merging, resuming if it can) and
+    check that the run saved that step, published nothing and ended before the script did; the run's arguments."""
+    # A config of its own: the shipped one names the demo assets, which run_script.bash would build in the repository.
+    config = yaml.safe_load((REPO / "training_configs" / f"{algorithm}_v1.yaml").read_text())
+    config.update(model_name_or_path=str(assets.model_dir), dataset_name=str(data))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    args = kill_test_args(algorithm, assets, data, run_dir, "--resume_from_checkpoint", "true", "--merge", "true")
+    assert args[0] == "--config"
+    command = ["bash", REPO / "run_script.bash", algorithm, run_dir / "config.yaml", "accelerate_configs/cpu.yaml"]
+    process, training_pid = start_paused([*command, "--", *args[2:]], f"signal {step}", run_dir / "stopped.log")
+    process.send_signal(signum)
+    assert process.wait(timeout=300) == 128 + signum
+
+    name = signal.Signals(signum).name
+    output_dir, merged_dir = run_dir / "outputs" / f"{algorithm}_test", run_dir / "models" / f"{algorithm}_test"
+    log = (run_dir / "stopped.log").read_text()
+    assert f"run_script: {name}: passing it to the running command's processes and waiting for them to end" in log
+    stopped = (
+        f"WARNING prefopt.stopping: {name}: stopped after step {step} and saved {output_dir / f'checkpoint-{step}'}; "
+        "to go on from there, run the same command with resume_from_checkpoint: true (or --resume_from_checkpoint true)"
+    )
+    assert log.count(stopped) == 1
+    assert not is_running(training_pid)  # the script waited for it
+    assert checkpoint_problem(output_dir / f"checkpoint-{step}") is None
+    assert not (output_dir / "adapter_model.safetensors").exists() and not merged_dir.exists()
+    assert_unlocked(output_dir, merged_dir)
+    return args
+
+
 def test_sigterm_to_run_script_saves_the_step_in_progress_and_the_run_resumes_to_the_same_losses(
     demo_assets, small_data, uninterrupted_losses, tmp_path
 ):
     """SIGTERM to `bash run_script.bash` reaches the training process, though accelerate's single-process launcher
-    passes no signal on: the run saves the step it was in and stops, publishing nothing, and the script waits for it."""
-    # A config of its own: the shipped one names the demo assets, which run_script.bash would build in the repository.
-    config = yaml.safe_load((REPO / "training_configs" / "dpo_v1.yaml").read_text())
-    config.update(model_name_or_path=str(demo_assets.model_dir), dataset_name=str(small_data))
-    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(config))
-    args = kill_test_args(
-        "dpo", demo_assets, small_data, tmp_path, "--resume_from_checkpoint", "true", "--merge", "true"
-    )
-    assert args[0] == "--config"
-    command = ["bash", REPO / "run_script.bash", "dpo", tmp_path / "dpo.yaml", "accelerate_configs/cpu.yaml", "--"]
-    command += args[2:]
-    process, training_pid = start_paused(command, f"signal {SAVE_STEPS + 2}", tmp_path / "stopped.log")
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=300) == 128 + signal.SIGTERM
-
-    output_dir, merged_dir = tmp_path / "outputs" / "dpo_test", tmp_path / "models" / "dpo_test"
-    log = (tmp_path / "stopped.log").read_text()
-    assert "run_script: SIGTERM: passing it to the running command's processes and waiting for them to end" in log
-    stopped = (
-        f"WARNING prefopt.stopping: SIGTERM: stopped after step 6 and saved {output_dir / 'checkpoint-6'}; to go on "
-        "from there, run the same command with resume_from_checkpoint: true (or --resume_from_checkpoint true)"
-    )
-    assert log.count(stopped) == 1
-    assert not is_running(training_pid)  # the script waited for it
+    passes no signal on: the run saves the step it was in and stops, and goes on from there when resumed."""
+    args = stop_run_script("dpo", signal.SIGTERM, SAVE_STEPS + 2, demo_assets, small_data, tmp_path)
+    output_dir = tmp_path / "outputs" / "dpo_test"
     assert checkpoint_names(output_dir) == ["checkpoint-4", "checkpoint-6"]
-    assert [checkpoint_problem(output_dir / name) for name in checkpoint_names(output_dir)] == [None, None]
-    assert not (output_dir / "adapter_model.safetensors").exists() and not merged_dir.exists()
-    assert_unlocked(output_dir, merged_dir)
 
     result = run_script("dpo.py", *args, **THREADS)
     assert f"resuming from {output_dir / 'checkpoint-6'}" in result.stderr
@@ -188,7 +194,12 @@ def test_sigterm_to_run_script_saves_the_step_in_progress_and_the_run_resumes_to
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step, loss in uninterrupted_losses("dpo").items():
         assert resumed[step] == pytest.approx(loss, abs=1e-4), f"step {step}"
-    assert (merged_dir / "merge_report.json").is_file()  # published once the run is whole
+    assert (tmp_path / "models" / "dpo_test" / "merge_report.json").is_file()  # published once the run is whole
+
+
+def test_sigint_to_run_script_does_the_same(demo_assets, small_data, tmp_path):
+    stop_run_script("kto", signal.SIGINT, 3, demo_assets, small_data, tmp_path)
+    assert checkpoint_names(tmp_path / "outputs" / "kto_test") == ["checkpoint-3"]
 
 
 def test_first_non_finite_step_stops_every_process_before_it_is_logged_or_saved(demo_assets, tmp_path):
