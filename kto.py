@@ -24,6 +24,8 @@ from prefopt.model_card import TrainingRun
 from prefopt.modeling import load_model, load_tokenizer
 from prefopt.plotting import plot_losses
 from prefopt.run import configure_logging, save_resource_usage, start_run
+from prefopt.sharding import check_sharding
+from prefopt.stopping import with_safe_stops
 
 logger = logging.getLogger("kto")
 
@@ -56,6 +58,9 @@ def balance_class_weights(training_args: KTOConfig, labels: list[bool]) -> None:
 
 
 def main(script_args, training_args, model_args, run_args):
+    # Sharding (FSDP, DeepSpeed), refused where it cannot run
+    check_sharding(training_args, model_args)
+
     # Tokenizer & data, checked before the model is loaded
     tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(
@@ -73,8 +78,9 @@ def main(script_args, training_args, model_args, run_args):
     # Model
     model = load_model(model_args, training_args.trust_remote_code)
 
-    # Training
-    trainer = with_atomic_checkpoints(KTOTrainer)(
+    # Training: stops at the first non-finite loss or gradient norm, and on SIGTERM or SIGINT once it has saved
+    # a checkpoint of the step in progress
+    trainer = with_safe_stops(with_atomic_checkpoints(KTOTrainer))(
         model=model,
         args=training_args,
         train_dataset=train_dataset,

@@ -24,6 +24,9 @@ Usage:
       A CONFIG that trains on the demo model or data (models/demo-base, data/demo) builds them first if missing.
       Example: bash run_script.bash kto training_configs/kto_v1.yaml accelerate_configs/multi_gpu.yaml
 
+SIGTERM or SIGINT (Ctrl-C) is passed to every process the script started; a training run then finishes its step,
+saves a checkpoint and says how to resume, and the script exits with 128 + the signal's number once all have ended.
+
 Run `bash setup.bash` first.
 TXT
 }
@@ -43,20 +46,45 @@ else
 fi
 accelerate_config=${ACCELERATE_CONFIG:-$default_accelerate_config}
 
+# Each command runs in a process group of its own, which a SIGTERM or SIGINT to this script is passed to: accelerate's
+# single-process launcher passes no signal on, so a signal used to stop bash alone while training ran on, orphaned,
+# holding its lock. (torch's multi-process launcher, in that group, passes SIGTERM on to its workers, which run in
+# sessions of their own, and kills them TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds later, 30 by default.)
+group=""
+stop() {  # stop SIGNAL NUMBER: pass the signal on, wait until every process of the group has ended, exit
+  trap '' TERM INT  # one signal is passed on; a second would make torch's launcher leave its workers behind
+  echo "run_script: SIG$1: passing it to the running command's processes and waiting for them to end" >&2
+  if [ -n "$group" ]; then
+    kill -s "$1" -- "-$group" 2>/dev/null || true
+    wait "$group" 2>/dev/null || true
+    while kill -0 -- "-$group" 2>/dev/null; do sleep 1; done  # what the command started and left running
+  fi
+  exit $((128 + $2))
+}
+trap 'stop TERM 15' TERM
+trap 'stop INT 2' INT
+
+run() {  # run COMMAND...: print it, run it in a process group of its own and wait for it
+  echo "run_script: $*"
+  set -m  # job control: the background job below gets a process group of its own
+  "$@" &
+  group=$!
+  set +m
+  wait "$group"
+}
+
 train() {  # train SCRIPT CONFIG ACCELERATE_CONFIG [FLAGS...]
   local script=$1 config=$2 launch_config=$3
   shift 3
-  echo "run_script: accelerate launch --config_file $launch_config $script.py --config $config $*"
-  accelerate launch --config_file "$launch_config" "$script.py" --config "$config" "$@"
+  run accelerate launch --config_file "$launch_config" "$script.py" --config "$config" "$@"
 }
 
 if [ "${1:-}" = sweep ]; then
   shift
   start=$SECONDS
-  python -m experiment.demo
-  echo "run_script: python -m experiment.sweep $*"
-  python -m experiment.sweep "$@"
-  python -m experiment.results
+  run python -m experiment.demo
+  run python -m experiment.sweep "$@"
+  run python -m experiment.results
   echo "run_script: sweep done in $((SECONDS - start))s; results in results/, figures in images/"
   exit 0
 fi
@@ -71,8 +99,8 @@ if [ $# -gt 0 ]; then
   if [ $# -gt 0 ] && [ "$1" = -- ]; then shift; fi
   demo_assets='^(model_name_or_path|dataset_name):[[:space:]]*(models/demo-base|data/demo)/?([[:space:]]|$)'
   if [ -f "$config" ] && grep -Eq "$demo_assets" "$config"; then
-    echo "run_script: $config trains on the demo assets: python -m experiment.demo (builds what is missing)"
-    python -m experiment.demo
+    echo "run_script: $config trains on the demo assets; building what is missing of them"
+    run python -m experiment.demo
   fi
   train "$script" "$config" "$accelerate_config" "$@"
   exit 0
@@ -80,7 +108,7 @@ fi
 
 start=$SECONDS
 echo "run_script: default experiment on $accelerate_config"
-python -m experiment.demo
+run python -m experiment.demo
 for script in dpo kto simpo; do
   train "$script" "training_configs/${script}_v1.yaml" "$accelerate_config" --overwrite_merged true
 done
@@ -88,10 +116,10 @@ echo "run_script: the SimPO ablation, with TRL's default beta and gamma"
 train simpo training_configs/simpo_trl_defaults.yaml "$accelerate_config" --overwrite_merged true
 
 echo "run_script: evaluating the merged models on the held-out pairs"
-python -m experiment.evaluate models/dpo_v1 models/kto_v1 models/simpo_v1 models/simpo_trl_defaults \
+run python -m experiment.evaluate models/dpo_v1 models/kto_v1 models/simpo_v1 models/simpo_trl_defaults \
   --reward_fn experiment.gold_reward:gold_reward --fluency_fn experiment.review_grammar:is_review --samples_per_prompt 16
-python -m experiment.figures
-python -m experiment.ablation
-python -m experiment.results
+run python -m experiment.figures
+run python -m experiment.ablation
+run python -m experiment.results
 echo "run_script: default experiment done in $((SECONDS - start))s; merged models in models/, figures in images/," \
   "tables in docs/results.md and the headline in README.md"

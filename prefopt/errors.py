@@ -6,12 +6,21 @@ import os
 import sys
 from collections.abc import Iterator
 
+from accelerate import PartialState
 from huggingface_hub import is_offline_mode
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 
 class UserError(Exception):
-    """A mistake in a config, a path or the data that the user can fix; reported without a traceback."""
+    """A mistake in a config, a path or the data that the user can fix; reported without a traceback.
+
+    `every_process`: every process of the run raises it at the same point, having decided together (a stop during
+    training), so the main process alone reports it.
+    """
+
+    def __init__(self, message: str, *, every_process: bool = False):
+        super().__init__(message)
+        self.every_process = every_process
 
 
 @contextlib.contextmanager
@@ -22,7 +31,12 @@ def exit_on_user_error() -> Iterator[None]:
     except UserError as error:
         if os.environ.get("PREFOPT_DEBUG") == "1":
             raise
-        print(f"error: {error}", file=sys.stderr)
+        state = PartialState() if error.every_process else None
+        if state is None or state.is_main_process:
+            print(f"error: {error}", file=sys.stderr)
+        if state is not None:
+            # The launcher stops a run's other processes as soon as one ends: none ends before the line is out.
+            state.wait_for_everyone()
         sys.exit(2)
 
 

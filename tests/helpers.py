@@ -1,6 +1,7 @@
 """Plain helpers of the tests (no fixtures): running the scripts as a user does, writing and reading small files,
 synthetic runs, and the check that a merged model is base + adapter. Fixtures live in `conftest.py`."""
 
+import fcntl
 import json
 import os
 import re
@@ -30,6 +31,16 @@ def script_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
+def paused_env(moment: str, paused: Path) -> dict[str, str]:
+    """Environment variables for a run that pauses at `moment` and says so in the file `paused` (the test hook in
+    `tests/core/pause_hook`, on the run's PYTHONPATH only)."""
+    return {
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "core" / "pause_hook"), str(REPO)]),
+        "PREFOPT_TEST_PAUSE_AT": moment,
+        "PREFOPT_TEST_PAUSED": str(paused),
+    }
+
+
 def run_script(
     script: str, *args: str | Path, cwd: Path = REPO, check: bool = True, **env: str
 ) -> subprocess.CompletedProcess:
@@ -39,13 +50,19 @@ def run_script(
 
 def accelerate_launch(script: str, *args: str | Path, num_processes: int, check: bool = True, cwd: Path = REPO):
     """`accelerate launch` with the shipped multi-GPU config, as a user would run it on a GPU machine."""
+    command = accelerate_command("multi_gpu.yaml", ["--num_processes", str(num_processes)], script, *args)
+    return run_command(command, cwd=cwd, check=check)
+
+
+def accelerate_command(config: str, launcher_flags: list[str], script: str, *args: str | Path) -> list[str]:
+    """`accelerate launch --config_file accelerate_configs/<config> <launcher_flags> <script> <args>`, on any free
+    port unless the flags name one: other runs may share this machine."""
+    port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", "0"]
     launch = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "accelerate_configs" / "multi_gpu.yaml"),
-        "--num_processes", str(num_processes),
-        "--main_process_port", "0",  # any free port: other runs may share this machine
+        "--config_file", str(REPO / "accelerate_configs" / config), *port, *launcher_flags,
     ]  # fmt: skip
-    return run_command([*launch, str(REPO / script), *map(str, args)], cwd=cwd, check=check)
+    return [*launch, str(REPO / script), *map(str, args)]
 
 
 def run_command(command: list[str], cwd: Path = REPO, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -156,6 +173,15 @@ def assert_merged_is_base_plus_adapter(merged_dir: Path, base_dir: Path, adapter
             base_logits = adapted(**inputs).logits
     torch.testing.assert_close(merged_logits, adapted_logits, atol=1e-4, rtol=0)
     assert (merged_logits - base_logits).abs().max() > 1e-3, "training left the model unchanged"
+
+
+def assert_unlocked(*directories: Path) -> None:
+    """No process holds the run lock beside each directory (`prefopt.locking`), so another run could start there."""
+    for directory in directories:
+        lock_path = directory.parent / f".{directory.name}.lock"
+        assert lock_path.is_file(), f"no lock was taken for {directory}"
+        with lock_path.open("a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while a process holds it
 
 
 def front_matter(card_path: Path) -> dict:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from tests.helpers import REPO, accelerate_launch, error_lines, run_command, script_env
+from tests.helpers import REPO, accelerate_command, accelerate_launch, error_lines, run_command, script_env
 
 PAIRS = [{"prompt": f"Review {i}:", "chosen": " great.", "rejected": " awful."} for i in range(40)]
 MESSAGES = [{"role": "user", "content": "Review a film."}]
@@ -39,6 +39,7 @@ class Case:
     # path -> its text, or a function writing it given the path and the demo model's directory
     files: dict[str, str | Callable[[Path, Path], None]] = field(default_factory=dict)
     script: str = "dpo"
+    env: dict[str, str] = field(default_factory=dict)  # e.g. what accelerate's launcher sets in each process
 
 
 def base_config(model_dir: Path) -> dict:
@@ -447,7 +448,29 @@ MODEL_CASES = {
     ),
 }
 
-CASES = {**CONFIG_CASES, **COMMAND_LINE_CASES, **PATH_CASES, **DATA_CASES, **MODEL_CASES}
+NO_GPU_FOR = (
+    "{} shards the model over GPUs, and this process has none (a machine without GPUs, or use_cpu: true); without GPUs "
+    "launch with accelerate_configs/cpu.yaml, or for several processes with accelerate_configs/multi_gpu.yaml and "
+    "use_cpu: true"
+)
+
+# accelerate's launcher tells each process to shard through its environment (accelerate_configs/fsdp.yaml sets
+# ACCELERATE_USE_FSDP); DeepSpeed's line is not among these: transformers refuses to parse a DeepSpeed run without the
+# deepspeed package, which this machine has not (accelerate's launcher refuses first there).
+LAUNCH_CASES = {
+    "FSDP on a machine without GPUs": Case(NO_GPU_FOR.format("FSDP"), env={"ACCELERATE_USE_FSDP": "true"}),
+    "FSDP asked for by the training config": Case(NO_GPU_FOR.format("FSDP"), {"fsdp": "full_shard auto_wrap"}),
+    "LoRA under FSDP with precomputed reference log-probs": Case(
+        "precompute_ref_log_probs: TRL 1.16 computes the reference log-probs of a LoRA model before FSDP has placed "
+        "it on the GPUs, which fails; under FSDP set precompute_ref_log_probs: false (or --precompute_ref_log_probs "
+        "false)",
+        {"use_peft": True, "precompute_ref_log_probs": True},
+        script="kto",
+        env={"ACCELERATE_USE_FSDP": "true"},
+    ),
+}
+
+CASES = {**CONFIG_CASES, **COMMAND_LINE_CASES, **PATH_CASES, **DATA_CASES, **MODEL_CASES, **LAUNCH_CASES}
 
 
 def prepare(case: Case, directory: Path, model_dir: Path) -> list[str]:
@@ -508,6 +531,8 @@ def case_dir(tmp_path) -> Path:
 def test_bad_input_is_refused_in_one_line(name, case_dir, demo_assets, monkeypatch):
     case = CASES[name]
     args = prepare(case, case_dir, demo_assets.model_dir)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
     before = tree(case_dir)
     status, stderr = run_in_process(case.script, args, case_dir, monkeypatch)
     message = case.message.replace("{case_dir}", str(case_dir.resolve()))
@@ -603,7 +628,21 @@ def test_accelerate_processes_that_do_not_join_one_run(case_dir, demo_assets):
     assert tree(case_dir) ^ before == set()
 
 
+def test_fsdp_config_on_a_machine_without_gpus(case_dir, demo_assets):
+    """accelerate_configs/fsdp.yaml as shipped, two processes: one line from each (or from the first, when the launcher
+    stops the other before it prints), where every process used to end in accelerate's traceback."""
+    args = prepare(Case(""), case_dir, demo_assets.model_dir)
+    before = tree(case_dir)
+    command = accelerate_command("fsdp.yaml", ["--num_processes", "2"], "dpo.py", *args)
+    result = run_command(command, cwd=case_dir, check=False)
+    message = NO_GPU_FOR.format("FSDP")
+    assert error_lines(result.stderr) in ([f"error: {message}"], [f"error: {message}"] * 2), result.stderr[-3000:]
+    assert result.stderr.count("Traceback") == 1  # the launcher's own, ending in its report of the processes
+    assert "exitcode  : 2" in result.stderr and result.returncode == 1
+    assert tree(case_dir) - before == set()
+
+
 def test_the_catalogue_covers_every_kind_of_input():
-    kinds = [CONFIG_CASES, COMMAND_LINE_CASES, PATH_CASES, DATA_CASES, MODEL_CASES, HUB_CASES]
+    kinds = [CONFIG_CASES, COMMAND_LINE_CASES, PATH_CASES, DATA_CASES, MODEL_CASES, LAUNCH_CASES, HUB_CASES]
     assert all(kinds)
-    assert len(CASES) + 2 * len(HUB_CASES) + 1 >= 40  # in process, offline and unreachable, accelerate launch
+    assert len(CASES) + 2 * len(HUB_CASES) + 2 >= 43  # in process, offline and unreachable, accelerate launch

@@ -6,16 +6,21 @@ and nothing else does. `PREFOPT_TEST_PAUSE_AT` chooses the moment:
 - `save N`: during the save of checkpoint N, after its weights and optimizer state, with its scheduler state cut
   short halfway, as a kill in the middle of writing leaves a file;
 - `step N`: as optimizer step N begins;
+- `signal N`: as optimizer step N begins, until the process receives a signal (which its own handler then takes), and
+  then goes on;
 - `full N`: as the save of checkpoint N begins, a file fills the file system of output_dir's parent, and the run
   goes on to meet a full disk.
 
-At the first two, the run creates the file named by `PREFOPT_TEST_PAUSED` and sleeps until it is killed.
+At the first three, the run creates the file named by `PREFOPT_TEST_PAUSED`, holding its process id, and sleeps until
+it is killed (or, for `signal`, signalled). Only the main process pauses (RANK 0, or no RANK); the others go on to
+wait for it.
 """
 
 import os
 
-if os.environ.get("PREFOPT_TEST_PAUSE_AT"):
+if os.environ.get("PREFOPT_TEST_PAUSE_AT") and os.environ.get("RANK", "0") == "0":
     import io
+    import signal
     import time
     from pathlib import Path
 
@@ -25,8 +30,11 @@ if os.environ.get("PREFOPT_TEST_PAUSE_AT"):
     moment, step = os.environ["PREFOPT_TEST_PAUSE_AT"].split()
 
     def pause() -> None:
-        Path(os.environ["PREFOPT_TEST_PAUSED"]).touch()
-        time.sleep(600)
+        Path(os.environ["PREFOPT_TEST_PAUSED"]).write_text(str(os.getpid()))
+        if moment == "signal":
+            signal.pause()
+        else:
+            time.sleep(600)
 
     if moment == "save":
         save = torch.save
