@@ -21,14 +21,10 @@ from prefopt.model_card import TrainingRun
 from prefopt.modeling import load_model, load_tokenizer
 from prefopt.plotting import plot_losses
 from prefopt.run import configure_logging, save_resource_usage, start_run
-from prefopt.sharding import check_sharding
 from prefopt.stopping import with_safe_stops
 
 
 def main(script_args, training_args, model_args, run_args):
-    # Sharding (FSDP, DeepSpeed), refused where it cannot run
-    check_sharding(training_args, model_args)
-
     # Tokenizer & data, checked before the model is loaded
     tokenizer = load_tokenizer(model_args, run_args.chat_template_path, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_preference_data(script_args, training_args, run_args, tokenizer)

@@ -31,7 +31,6 @@ from prefopt.model_card import TrainingRun
 from prefopt.modeling import load_model, load_tokenizer
 from prefopt.plotting import plot_losses
 from prefopt.run import configure_logging, save_resource_usage, start_run
-from prefopt.sharding import check_sharding
 from prefopt.stopping import with_safe_stops
 
 
@@ -95,9 +94,6 @@ class SimPOTrainer(CPOTrainer):
 
 
 def main(script_args, training_args, model_args, run_args):
-    # Sharding (FSDP, DeepSpeed), refused where it cannot run
-    check_sharding(training_args, model_args)
-
     if training_args.loss_type != "simpo":
         raise UserError(f"simpo.py trains SimPO: loss_type must be 'simpo', got '{training_args.loss_type}'")
     if training_args.use_fused_lm_head and "lm_head" in (model_args.lora_target_modules or []):

@@ -23,6 +23,7 @@ from prefopt.data import DATA_FILE_BUILDERS
 from prefopt.errors import UserError
 from prefopt.modeling import check_base_model
 from prefopt.paths import check_run_paths, is_local
+from prefopt.sharding import check_sharding
 
 MERGED_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -210,6 +211,7 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint)
     _check_values(training_args, model_args, run_args, where=parser.config_path or "command line")
     _check_trackers(training_args.report_to)
+    check_sharding(training_args, model_args)
     _check_paths(script_args, model_args, training_args, run_args)
     check_run_paths(script_args, training_args, model_args, run_args)
     for warning in unusual_settings(training_args, model_args):
