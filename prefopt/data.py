@@ -116,7 +116,7 @@ def trl_mixture(run_args: RunArguments, seed: int) -> DatasetDict:
             data_files=member.data_files,
         )
         names.append(f"{key} ({member.path})")
-        datasets.append(_in_trl_columns(DatasetDict({member.split: dataset}), names[-1], run_args)[member.split])
+        datasets.append(_member_in_trl_columns(dataset, member.path, member.split, names[-1], run_args))
     datasets = trl_fraction_mixture(datasets, [member.fraction for member in run_args.datasets])
     return _mixed(datasets, names, "datasets", run_args.test_split_size, "test_split_size", seed)
 
@@ -132,7 +132,7 @@ def handbook_mixture(run_args: RunArguments, seed: int) -> DatasetDict:
         key = f"dataset_mixture.datasets[{index}]"
         dataset = _load_member(member.id, key, member.split, member.columns, name=member.config)
         names.append(f"{key} ({member.id})")
-        dataset = _in_trl_columns(DatasetDict({member.split: dataset}), names[-1], run_args)[member.split]
+        dataset = _member_in_trl_columns(dataset, member.id, member.split, names[-1], run_args)
         datasets.append(handbook_weighted(dataset, member.weight, seed))
     size_key = "dataset_mixture.test_split_size"
     return _mixed(datasets, names, "dataset_mixture", mixture.test_split_size, size_key, seed, shuffle=True)
@@ -189,7 +189,7 @@ def _load_member(path: str, key: str, split: str, columns: list[str] | None, **l
         missing = [column for column in columns if column not in dataset.column_names]
         if missing:
             raise UserError(
-                f"{key}: columns names '{missing[0]}', which '{path}' does not have (columns: "
+                f"{key}: columns lists '{missing[0]}', which '{path}' does not have (columns: "
                 f"{', '.join(dataset.column_names)})"
             )
         dataset = dataset.select_columns(columns)
@@ -217,12 +217,17 @@ def _load_source(source: str, key: str, file_split: str = "train", **load_kwargs
 
 
 def _in_trl_columns(
-    dataset: DatasetDict, source: str, run_args: RunArguments, row_name: Callable[[int], str] | None = None
+    dataset: DatasetDict, source: str, run_args: RunArguments, row_name: Callable[[int], str]
 ) -> DatasetDict:
     """`dataset_columns` renamed, then converted from the format the data is in (`dataset_format`)."""
     if run_args.dataset_columns:
         dataset = rename_columns(dataset, run_args.dataset_columns, source)
-    return in_trl_format(dataset, source, run_args.dataset_format, row_name or (lambda index: f"row {index}"))
+    return in_trl_format(dataset, source, run_args.dataset_format, row_name)
+
+
+def _member_in_trl_columns(dataset: Dataset, path: str, split: str, name: str, run_args: RunArguments) -> Dataset:
+    """A data set of a mixture in TRL's columns; a data file's rows are named by their lines in messages."""
+    return _in_trl_columns(DatasetDict({split: dataset}), name, run_args, _row_namer(path, in_file_order=True))[split]
 
 
 def rename_columns(dataset: DatasetDict, columns: dict[str, str], source: str) -> DatasetDict:

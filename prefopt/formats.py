@@ -220,9 +220,9 @@ FORMATS = (
     ),
     Format(
         "alpaca",
-        "Alpaca pairs",
+        "Alpaca pairs and rankings",
         "system, history, instruction + input -> prompt messages; output[0] (the best) -> chosen, output[-1] (the "
-        "worst) -> rejected, one assistant message each",
+        "worst) -> rejected, or the chosen and rejected columns, one assistant message each",
         (("instruction", "output"), ("instruction", "chosen", "rejected")),
         _from_alpaca,
     ),
@@ -263,9 +263,7 @@ def recognised_format(split: Dataset, forced: str = "auto") -> Format | None:
     return None
 
 
-def in_trl_format(
-    dataset: DatasetDict, source: str, forced: str = "auto", row_name: Callable[[int], str] = lambda i: f"row {i}"
-) -> DatasetDict:
+def in_trl_format(dataset: DatasetDict, source: str, forced: str, row_name: Callable[[int], str]) -> DatasetDict:
     """`dataset`'s splits in TRL's columns, converted from the format its first split is in, which one line logs.
 
     Data of no known format passes as it is, for the column checks to name what is missing.

@@ -404,7 +404,7 @@ DATA_CASES = {
         files={"chat.jsonl": jsonl([CHAT])},
     ),
     "mixture columns the data set lacks": Case(
-        "datasets[0]: columns names 'answer', which 'data.jsonl' does not have (columns: prompt, chosen, rejected)",
+        "datasets[0]: columns lists 'answer', which 'data.jsonl' does not have (columns: prompt, chosen, rejected)",
         {"datasets": [{"path": "data.jsonl", "columns": ["prompt", "answer"]}]},
     ),
     "dataset_columns naming no column": Case(

@@ -327,7 +327,7 @@ def test_alpaca_rankings_and_openai_files_mixed_as_trl_reads_datasets_train_with
     args[args.index("--config") + 1] = tmp_path / "mixture.yaml"
     del args[args.index("--dataset_name") : args.index("--dataset_name") + 2]
     result = run_script("simpo.py", *args)
-    assert "datasets[0] (" in result.stderr and "Alpaca pairs (dataset_format: alpaca)" in result.stderr
+    assert "datasets[0] (" in result.stderr and "Alpaca pairs and rankings (dataset_format: alpaca)" in result.stderr
     assert "OpenAI preference fine-tuning data (dataset_format: openai)" in result.stderr
     assert (
         f"datasets: a mixture of 85 rows: 21 of datasets[0] ({format_files['alpaca']}), 64 of datasets[1] "
