@@ -221,8 +221,8 @@ FORMATS = (
     Format(
         "alpaca",
         "Alpaca pairs and rankings",
-        "system, history, instruction + input -> prompt messages; output[0] (the best) -> chosen, output[-1] (the "
-        "worst) -> rejected, or the chosen and rejected columns, one assistant message each",
+        "system, history, instruction + input -> prompt messages; output[0] (the best) -> chosen and output[-1] (the "
+        "worst) -> rejected, those between left out (or the chosen and rejected columns); one assistant message each",
         (("instruction", "output"), ("instruction", "chosen", "rejected")),
         _from_alpaca,
     ),
