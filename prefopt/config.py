@@ -108,19 +108,17 @@ class RunArguments(DatasetMixtureConfig):
     )
 
     def __post_init__(self):
-        # TRL's own __post_init__ makes each data set of `datasets` a DatasetConfig: a path alone (as on the command
-        # line) or {path: ..., fraction: ...}; unknown keys are named here rather than by DatasetConfig's TypeError.
+        # TRL's __post_init__ makes each `datasets` entry a DatasetConfig; a bare path (as the command line gives it)
+        # becomes one too, and a wrong key is named here rather than by DatasetConfig's TypeError.
         keys = [field.name for field in dataclasses.fields(DatasetConfig)]
         for index, member in enumerate(self.datasets):
             if isinstance(member, str):
                 self.datasets[index] = DatasetConfig(path=member)
-            elif not isinstance(member, (dict, DatasetConfig)) or (isinstance(member, dict) and "path" not in member):
-                raise ValueError(
-                    f"datasets[{index}]: expected {{path: ..., split: ..., fraction: ...}}, got {member!r}"
-                )
-            elif isinstance(member, dict) and any(key not in keys for key in member):
-                unknown = next(key for key in member if key not in keys)
-                raise ValueError(f"datasets[{index}]: unknown key '{unknown}' (keys: {', '.join(keys)})")
+            elif isinstance(member, dict):
+                unknown = [key for key in member if key not in keys]
+                if unknown or "path" not in member:
+                    problem = f"unknown key '{unknown[0]}'" if unknown else "no path"
+                    raise ValueError(f"datasets[{index}]: {problem} (keys: {', '.join(keys)})")
         super().__post_init__()
 
 
@@ -260,6 +258,8 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
     _check_values(training_args, model_args, run_args, where=parser.config_path or "command line")
     _check_data_settings(script_args, run_args, where=parser.config_path or "command line")
     _check_paths(script_args, model_args, training_args, run_args)
+    if run_args.datasets or run_args.dataset_mixture:  # the mixture replaces dataset_name, as in TRL's scripts
+        script_args.dataset_name = None
     for warning in unusual_settings(training_args, model_args):
         logger.warning(warning)
     return script_args, training_args, model_args, run_args

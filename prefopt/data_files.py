@@ -16,6 +16,7 @@ from typing import IO
 import pandas
 import pyarrow
 import pyarrow.parquet
+from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
 
 from prefopt.errors import UserError
 
@@ -35,7 +36,13 @@ def data_file_kind(path: str | Path) -> str | None:
 
 
 def data_files_in(directory: Path) -> list[Path]:
-    return sorted(path for path in directory.rglob("*") if path.is_file() and data_file_kind(path))
+    """The data files `datasets` reads from `directory`: those its split patterns select (train.jsonl, test.jsonl,
+    ...), or every file when none matches; never a metadata.json beside them."""
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(str(directory)), base_path=str(directory))
+    except EmptyDatasetError:
+        return []
+    return sorted({Path(file) for split in files.values() for file in split if data_file_kind(file)})
 
 
 def open_text(path: Path) -> IO[str]:
