@@ -54,6 +54,7 @@ def test_parquet_csv_and_json_files(tmp_path, tokenizer, suffix):
 def test_directory_splits_by_file_name(tmp_path, tokenizer):
     write_jsonl(tmp_path / "train.jsonl", PAIRS[:30])
     write_jsonl(tmp_path / "test.jsonl", PAIRS[30:])
+    (tmp_path / "metadata.json").write_text('{"seed": 0}')  # no split's file: datasets leaves it, and so do the checks
     train, test = load(tmp_path, tokenizer, evaluate=True)
     assert (len(train), len(test)) == (30, 10)
 
