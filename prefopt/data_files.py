@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import itertools
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -42,7 +43,9 @@ def data_files_in(directory: Path) -> list[Path]:
         files = DataFilesDict.from_patterns(get_data_patterns(str(directory)), base_path=str(directory))
     except EmptyDatasetError:
         return []
-    return sorted({Path(file) for split in files.values() for file in split if data_file_kind(file)})
+    # datasets resolves the paths; messages name them as the user did, under `directory`
+    paths = {directory / os.path.relpath(file, directory.resolve()) for split in files.values() for file in split}
+    return sorted(filter(data_file_kind, paths))
 
 
 def open_text(path: Path) -> IO[str]:
@@ -152,12 +155,13 @@ def _json_problem(path: Path) -> str | None:
     """A .json file: a list of records (or JSON Lines); a .jsonl file: one record per line."""
     with open_text(path) as file:
         text = file.read()
+    document = None
     try:
-        document = json.loads(text)
+        if data_file_kind(path) == ".json":
+            document = json.loads(text)
     except json.JSONDecodeError as error:
         if error.msg != "Extra data":  # else one value after another: JSON Lines, read line by line below
             return f", line {error.lineno}: not valid JSON ({error.msg})"
-        document = None
     if isinstance(document, dict):
         return _one_object_problem(document)
     if isinstance(document, list):

@@ -180,6 +180,31 @@ CONFIG_CASES = {
         "config.yaml: dataset_mixture.datasets[0]: weight must be a fraction of the data set's rows in (0, 1], got 2",
         {"dataset_mixture": {"datasets": [{"id": "data.jsonl", "weight": 2}]}},
     ),
+    "handbook mixture without data sets": Case(
+        "config.yaml: dataset_mixture: 'datasets' must be a list of data sets, each {id: ..., weight: ...}",
+        {"dataset_mixture": {"seed": 1}},
+    ),
+    "handbook data set without an id": Case(
+        "config.yaml: dataset_mixture.datasets[0]: expected {id: ..., config: ..., split: ..., columns: [...], "
+        "weight: ...}",
+        {"dataset_mixture": {"datasets": [{"path": "data.jsonl"}]}},
+    ),
+    "unknown key of the handbook's mixture": Case(
+        "config.yaml: dataset_mixture: unknown key 'test_size' (keys: datasets, seed, test_split_size)",
+        {"dataset_mixture": {"datasets": [{"id": "data.jsonl"}], "test_size": 0.1}},
+    ),
+    "handbook test_split_size of zero": Case(
+        "config.yaml: dataset_mixture: test_split_size must be a fraction or a number of rows above 0, got 0",
+        {"dataset_mixture": {"datasets": [{"id": "data.jsonl"}], "test_split_size": 0}},
+    ),
+    "TRL's data set without a path": Case(
+        "config.yaml: datasets[0]: no path (keys: path, name, data_dir, data_files, split, columns, fraction)",
+        {"datasets": [{"split": "train"}]},
+    ),
+    "negative TRL fractions": Case(
+        "datasets: fractions must be 0 or more, and one above 0; got [-1, 2]",
+        {"datasets": [{"path": "data.jsonl", "fraction": -1}, {"path": "data.jsonl", "fraction": 2}]},
+    ),
     "dataset_splits without a train split": Case(
         "config.yaml: dataset_splits [dev, test]: expected one train split and at most one test split; set "
         "dataset_train_split and dataset_test_split instead",
@@ -199,6 +224,10 @@ COMMAND_LINE_CASES = {
     "typo in a flag": Case("command line: unknown key 'bta'; did you mean 'beta'?", flags=("--bta", "0.3")),
     "not an integer": Case(
         "config.yaml: argument --max_steps/--max-steps: invalid int value: 'many'", flags=("--max_steps", "many")
+    ),
+    "dataset_mixture that is not a mapping": Case(
+        "dataset_mixture must be a mapping, e.g. '{\"prompt\": \"question\"}', got 'a.jsonl'",
+        flags=("--dataset_mixture", "a.jsonl"),
     ),
     "dataset_columns that is not a mapping": Case(
         "dataset_columns must be a mapping, e.g. '{\"prompt\": \"question\"}', got 'question'",
@@ -402,6 +431,51 @@ DATA_CASES = {
         "datasets: set fraction for every data set of the mixture or for none (TRL's rule)",
         {"datasets": [{"path": "data.jsonl", "fraction": 0.5}, {"path": "chat.jsonl"}]},
         files={"chat.jsonl": jsonl([CHAT])},
+    ),
+    "a split a mixture's directory lacks": Case(
+        "datasets[0]: no split 'dev' in 'pairs' (Unknown split \"dev\". Should be one of ['train'].)",
+        {"datasets": [{"path": "pairs", "split": "dev"}]},
+        files={"pairs/train.jsonl": jsonl(PAIRS)},
+    ),
+    "a file that is not gzip": Case(
+        "dataset_name: 'data.jsonl.gz': not a readable gzip file (Not a gzipped file (b'{\"'))",
+        {"dataset_name": "data.jsonl.gz"},
+        files={"data.jsonl.gz": jsonl(PAIRS)},
+    ),
+    "a ShareGPT value that is not text": Case(
+        "data.jsonl [train]: column 'chosen', line 1: expected a string, got int",
+        files={"data.jsonl": jsonl([{**SHAREGPT, "chosen": {"from": "gpt", "value": 5}}])},
+    ),
+    "ShareGPT conversations that are not a list": Case(
+        "data.jsonl [train]: column 'conversations', line 1: expected a list, got str",
+        files={"data.jsonl": jsonl([{**SHAREGPT, "conversations": "Review a film."}])},
+    ),
+    "a message of neither kind": Case(
+        "data.jsonl [train]: column 'messages', line 1: expected a message with role and content (or from and value), "
+        "got {'speaker': 'user', 'text': 'Hi.'}",
+        files={"data.jsonl": jsonl([{"messages": [{"speaker": "user", "text": "Hi."}], "label": True}])},
+        script="kto",
+    ),
+    "a LLaMA-Factory KTO tag that is not true or false": Case(
+        "data.jsonl [train]: column 'kto_tag', line 1: expected true or false, got 'yes'",
+        files={"data.jsonl": jsonl([{"messages": MESSAGES + REPLY, "kto_tag": "yes"}])},
+        script="kto",
+    ),
+    "LLaMA-Factory KTO data without messages": Case(
+        "data.jsonl [train]: column 'messages', line 2: no messages (an empty list); end the list with the rated "
+        "assistant turn",
+        files={"data.jsonl": jsonl([{"messages": MESSAGES + REPLY, "label": True}, {"messages": [], "label": False}])},
+        script="kto",
+    ),
+    "an Alpaca history that is not pairs": Case(
+        "data.jsonl [train]: column 'history', line 1: expected [instruction, response] pairs, got ['Hi']",
+        files={"data.jsonl": jsonl([{**ALPACA, "history": [["Hi"]]}])},
+    ),
+    "an OpenAI input without messages": Case(
+        "data.jsonl [train]: column 'input', line 1: expected {messages: [...]}, got 'Review a film.'",
+        files={
+            "data.jsonl": jsonl([{"input": "Review a film.", "preferred_output": REPLY, "non_preferred_output": REPLY}])
+        },
     ),
     "mixture columns the data set lacks": Case(
         "datasets[0]: columns lists 'answer', which 'data.jsonl' does not have (columns: prompt, chosen, rejected)",

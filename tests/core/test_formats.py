@@ -11,12 +11,14 @@ import sys
 import pytest
 import torch
 import yaml
+from datasets import Dataset, DatasetDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 from trl import ScriptArguments
 
 from prefopt.config import RunArguments
 from prefopt.data import load_preference_dataset
-from prefopt.formats import FORMATS
+from prefopt.errors import UserError
+from prefopt.formats import FORMATS, in_trl_format
 from prefopt.merge import check_batch_of
 from prefopt.merge_check import CHECK_EXAMPLES
 from tests.helpers import (
@@ -440,3 +442,18 @@ def test_another_architecture_trains_and_merges(algorithm, demo_assets, qwen2_mo
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "models" / f"{algorithm}_test")
     text = "The movie was really moving."
     assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_a_split_in_another_format_than_the_first_is_named(tmp_path):
+    sharegpt, _ = CONVERSIONS["sharegpt"]
+    dataset = DatasetDict(
+        {
+            "train": Dataset.from_list([sharegpt]),
+            "test": Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}]),
+        }
+    )
+    with pytest.raises(UserError) as error:
+        in_trl_format(dataset, "pairs", "auto", lambda index: f"row {index}")
+    assert str(error.value) == (
+        "pairs [test]: ShareGPT pairs need the columns conversations/chosen/rejected (columns: prompt, chosen, rejected)"
+    )

@@ -103,3 +103,13 @@ def test_a_dataset_mixer_of_several_becomes_a_handbook_mixture(tmp_path, monkeyp
         "config.yaml: 'dataset_mixer: {org/a: 0.5, org/b: 1.0}' is now 'dataset_mixture: {datasets: [{id: org/a, "
         "split: train_prefs, weight: 0.5}, {id: org/b, split: train_prefs, weight: 1.0}]}'" in caplog.messages
     )
+
+
+def test_a_data_set_of_a_mixture_is_a_split_of_a_directory(tmp_path, two_files):
+    directory = tmp_path / "pairs"
+    write_jsonl(directory / "train.jsonl", PAIRS[80:90])
+    write_jsonl(directory / "test.jsonl", PAIRS[90:])
+    trl = mixed(datasets=[{"path": str(directory), "split": "test"}, {"path": str(two_files[0])}])
+    assert trl["train"].to_list() == PAIRS[90:] + PAIRS[:30]
+    handbook = mixed(dataset_mixture=handbook_mixture({"datasets": [{"id": str(directory), "split": "test"}]}))
+    assert sorted(handbook["train"]["prompt"]) == sorted(row["prompt"] for row in PAIRS[90:])
