@@ -11,6 +11,7 @@ from trl.scripts.utils import DatasetConfig
 
 from prefopt.config import RunArguments, parse_args
 from prefopt.data import load_preference_dataset
+from prefopt.errors import UserError
 from prefopt.mixtures import HandbookDataset, handbook_mixture
 from tests.helpers import in_format, write_json, write_jsonl
 
@@ -113,3 +114,10 @@ def test_a_data_set_of_a_mixture_is_a_split_of_a_directory(tmp_path, two_files):
     assert trl["train"].to_list() == PAIRS[90:] + PAIRS[:30]
     handbook = mixed(dataset_mixture=handbook_mixture({"datasets": [{"id": str(directory), "split": "test"}]}))
     assert sorted(handbook["train"]["prompt"]) == sorted(row["prompt"] for row in PAIRS[90:])
+
+
+def test_data_files_that_do_not_exist_are_named_in_one_line(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(UserError) as error:
+        mixed(datasets=[{"path": "json", "data_files": str(missing)}])
+    assert str(error.value) == f"datasets[0]: Unable to find '{missing}'"
