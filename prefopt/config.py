@@ -1,7 +1,8 @@
 """Command line and YAML parsing: TRL's own dataclasses and parser, plus the few keys this repo adds.
 
 A config written for TRL's scripts works here unchanged: its keys are the fields of `ScriptArguments`, the
-trainer's config (`DPOConfig`, `KTOConfig`, `CPOConfig`) and `ModelConfig`. `RunArguments` adds what happens after
+trainer's config (`DPOConfig`, `KTOConfig`, `CPOConfig`), `ModelConfig` and `DatasetMixtureConfig` (a `datasets:`
+mixture). `RunArguments` adds how the data is read (its format, mixtures, long prompts) and what happens after
 training (merge, plots). Every check here runs before any model or data is loaded, so a typo costs seconds.
 """
 
@@ -16,11 +17,14 @@ from pathlib import Path
 
 import yaml
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
-from trl import ModelConfig, ScriptArguments, TrlParser
+from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
+from trl.scripts.utils import DatasetConfig
 
 from prefopt.checkpoints import checkpoint_problem
-from prefopt.data import DATA_FILE_BUILDERS
+from prefopt.data_files import data_file_kind
 from prefopt.errors import UserError
+from prefopt.formats import FORMAT_NAMES
+from prefopt.mixtures import handbook_mixture
 from prefopt.modeling import check_base_model
 from prefopt.paths import check_run_paths, is_local
 from prefopt.sharding import check_sharding
@@ -29,8 +33,12 @@ MERGED_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
-class RunArguments:
-    """Keys of this repo, on top of TRL's: where the merged model and the plots go."""
+class RunArguments(DatasetMixtureConfig):
+    """Keys of this repo, on top of TRL's: how the data is read, where the merged model and the plots go.
+
+    It extends TRL's `DatasetMixtureConfig`, so that a config's `datasets:`, `streaming` and `test_split_size` read as
+    TRL's scripts read them.
+    """
 
     merge: bool = field(
         default=True,
@@ -69,6 +77,31 @@ class RunArguments:
             "drawn with the run's seed."
         },
     )
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "The format of the data: auto (recognised by its fields), trl, sharegpt (LLaMA-Factory's DPO "
+            "format), llamafactory_kto, alpaca (pairs and rankings), openai (preference fine-tuning files) or hh "
+            "(Anthropic HH transcripts). Each is converted to TRL's format before training; see docs/data.md."
+        },
+    )
+    drop_long_prompts: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop the rows whose prompt has max_length tokens or more, which leave no room for a completion, "
+            "with one line saying how many; the run is refused when more than half of a split would go. false: "
+            "refuse the run if any prompt is that long."
+        },
+    )
+    dataset_mixture: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "alignment-handbook's mixture, read as the handbook reads it: {datasets: [{id, config, split, "
+            "columns, weight}], seed, test_split_size}; weight is the fraction of a data set's rows drawn with seed "
+            "(default: the run's seed). YAML, or the same as JSON on the command line. For TRL's own mixtures, see "
+            "datasets."
+        },
+    )
     chat_template_path: str | None = field(
         default=None,
         metadata={
@@ -76,6 +109,20 @@ class RunArguments:
             "tokenizer that has none. The merged model is saved with it."
         },
     )
+
+    def __post_init__(self):
+        # TRL's __post_init__ makes each `datasets` entry a DatasetConfig; a bare path (as the command line gives it)
+        # becomes one too, and a wrong key is named here rather than by DatasetConfig's TypeError.
+        keys = [field.name for field in dataclasses.fields(DatasetConfig)]
+        for index, member in enumerate(self.datasets):
+            if isinstance(member, str):
+                self.datasets[index] = DatasetConfig(path=member)
+            elif isinstance(member, dict):
+                unknown = [key for key in member if key not in keys]
+                if unknown or "path" not in member:
+                    problem = f"unknown key '{unknown[0]}'" if unknown else "no path"
+                    raise ValueError(f"datasets[{index}]: {problem} (keys: {', '.join(keys)})")
+        super().__post_init__()
 
 
 # Keys of published recipes (the SimPO repository's, alignment-handbook's) and of older TRL and transformers versions,
@@ -92,19 +139,16 @@ RENAMED_KEYS = {
     "hub_model_revision": lambda value, settings: {"hub_revision": value},
     # The SimPO repo's margin is relative to beta; TRL's simpo_gamma is the margin itself.
     "gamma_beta_ratio": lambda value, settings: {"simpo_gamma": value * settings["beta"]},
-    "dataset_mixer": lambda value, settings: {"dataset_name": _one_whole_dataset(value)},
+    "dataset_mixer": lambda value, settings: _mixer_as_mixture(value, settings),
     "dataset_splits": lambda value, settings: _train_and_test_splits(value),
 }
 DROPPED_KEYS = {
     "max_prompt_length": "TRL 1.16 removed it, and only max_length truncates, cutting the end of each completion "
-    "(prompts of max_length tokens or more are reported before training)",
+    "(rows whose prompt has max_length tokens or more are dropped before training, with a note)",
     "overwrite_output_dir": "transformers 5 removed it: a run writes into output_dir whatever it holds, and continues "
     "from its checkpoints only with resume_from_checkpoint: true",
 }
 REPLACED_KEYS = {
-    "dataset_mixture": "alignment-handbook's mixtures are not read here: set dataset_name (a hub id, a data directory "
-    "or file), dataset_config and dataset_train_split/dataset_test_split, or test_size to hold out part of train; "
-    "to mix datasets, write them into one data file first",
     "chat_template": "a template in the config is not read here: save it to a .jinja file and set chat_template_path "
     "to it",
     "logging_dir": "transformers 5 removed it: set the TENSORBOARD_LOGGING_DIR environment variable instead",
@@ -204,16 +248,26 @@ def parse_args(training_config_class: type, args: list[str] | None = None) -> tu
     script_args, training_args, model_args, run_args = parsed
     if isinstance(run_args.dataset_columns, str):
         run_args.dataset_columns = _json_mapping(run_args.dataset_columns, "dataset_columns")
+    if isinstance(run_args.dataset_mixture, str):
+        run_args.dataset_mixture = _json_mapping(run_args.dataset_mixture, "dataset_mixture")
+    if run_args.dataset_mixture is not None:
+        try:
+            run_args.dataset_mixture = handbook_mixture(run_args.dataset_mixture)
+        except UserError as error:
+            raise UserError(f"{parser.config_path or 'command line'}: {error}") from None
     if run_args.merged_model_dir is None:
         run_args.merged_model_dir = str(Path("models") / Path(training_args.output_dir).name)
     if run_args.images_dir is None:
         run_args.images_dir = training_args.output_dir
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint)
     _check_values(training_args, model_args, run_args, where=parser.config_path or "command line")
+    _check_data_settings(script_args, run_args, where=parser.config_path or "command line")
     _check_trackers(training_args.report_to)
     check_sharding(training_args, model_args)
     _check_paths(script_args, model_args, training_args, run_args)
-    check_run_paths(script_args, training_args, model_args, run_args)
+    check_run_paths(_data_inputs(script_args, run_args), training_args, model_args, run_args)
+    if run_args.datasets or run_args.dataset_mixture:  # the mixture replaces dataset_name, as in TRL's scripts
+        script_args.dataset_name = None
     for warning in unusual_settings(training_args, model_args):
         logger.warning(warning)
     return script_args, training_args, model_args, run_args
@@ -272,14 +326,20 @@ def _yaml(value) -> str:
     return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
-def _one_whole_dataset(mixer: dict) -> str:
-    """alignment-handbook's `dataset_mixer: {id: fraction}` when it names one dataset, whole."""
-    if not isinstance(mixer, dict) or len(mixer) != 1 or list(mixer.values()) != [1.0]:
-        raise UserError(
-            f"dataset_mixer {_yaml(mixer)}: only one whole dataset ({{id: 1.0}}) carries over to dataset_name; to mix "
-            "or subsample datasets, write them into one data file first and set dataset_name to it"
-        )
-    return next(iter(mixer))
+def _mixer_as_mixture(mixer: dict, settings: dict) -> dict:
+    """alignment-handbook's older `dataset_mixer: {id: fraction}`: one whole data set is `dataset_name`; several, or a
+    fraction of one, the handbook's `dataset_mixture` of each one's train split, sampled by its fraction."""
+    if not isinstance(mixer, dict) or not mixer:
+        raise UserError(f"dataset_mixer {_yaml(mixer)}: expected {{id: fraction, ...}}")
+    if len(mixer) == 1 and list(mixer.values()) == [1.0]:
+        return {"dataset_name": next(iter(mixer))}
+    splits = settings.get("dataset_splits")
+    split = _train_and_test_splits(splits)["dataset_train_split"] if splits else settings["dataset_train_split"]
+    return {
+        "dataset_mixture": {
+            "datasets": [{"id": name, "split": split, "weight": fraction} for name, fraction in mixer.items()]
+        }
+    }
 
 
 def _train_and_test_splits(splits: list[str]) -> dict[str, str]:
@@ -356,6 +416,66 @@ def _check_trackers(report_to: list[str]) -> None:
             )
 
 
+def _check_data_settings(script_args, run_args: RunArguments, where: str) -> None:
+    """The keys that say how the data is read: its format, mixtures, streaming and held-out splits."""
+    streaming = "every row is checked before training, and KTO's examples are shuffled, which needs the whole data set"
+    checks = [
+        (
+            run_args.dataset_format in FORMAT_NAMES,
+            f"dataset_format must be one of {', '.join(FORMAT_NAMES)}, got '{run_args.dataset_format}'",
+        ),
+        (not script_args.dataset_streaming, f"dataset_streaming is not supported: {streaming}; remove it"),
+        (not run_args.streaming, f"streaming is not supported: {streaming}; remove it"),
+        (
+            not (run_args.datasets and run_args.dataset_mixture),
+            "datasets (TRL's mixture) and dataset_mixture (alignment-handbook's) are both set; keep one",
+        ),
+        (
+            run_args.test_split_size is None or run_args.datasets,
+            "test_split_size holds out part of a datasets mixture, and none is set; for dataset_name, set test_size",
+        ),
+    ]
+    checks += [
+        (size is None or size > 0, f"{key} must be a fraction or a number of rows above 0, got {size}")
+        for key, size in (("test_size", run_args.test_size), ("test_split_size", run_args.test_split_size))
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{where}: {message}")
+
+
+# A hub id is `name` or `org/name`; anything else (./x, /abs/path, a/b/c) is meant as a local path.
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def _is_local(path: str) -> bool:
+    """A path is local if it exists, is not hub-id shaped, or starts in a local directory (models/x, data/x)."""
+    return Path(path).exists() or not _HUB_ID.match(path) or Path(path.split("/")[0]).is_dir()
+
+
+def _mixture_sources(run_args: RunArguments) -> list[tuple[str, str]]:
+    """(key, path or hub id) of each data set of the mixture, TRL's or the handbook's; [] without one."""
+    if run_args.dataset_mixture:
+        members = run_args.dataset_mixture.datasets
+        return [(f"dataset_mixture.datasets[{index}].id", member.id) for index, member in enumerate(members)]
+    # TRL's `path` may be a builder (json, csv, parquet) that reads its data_files: not a path then.
+    members = run_args.datasets
+    return [(f"datasets[{index}].path", member.path) for index, member in enumerate(members) if not member.data_files]
+
+
+def _data_inputs(script_args, run_args: RunArguments) -> list[tuple[str, str]]:
+    """(key, path or hub id) of the data the run reads: `dataset_name`, or each data set and data file of a mixture."""
+    if not (run_args.datasets or run_args.dataset_mixture):
+        return [("dataset_name", script_args.dataset_name)]
+    files = []
+    for index, member in enumerate(run_args.datasets or []):
+        data_files = member.data_files or []
+        data_files = data_files.values() if isinstance(data_files, dict) else [data_files]
+        flattened = [path for entry in data_files for path in ([entry] if isinstance(entry, str) else entry)]
+        files += [(f"datasets[{index}].data_files", path) for path in flattened]
+    return _mixture_sources(run_args) + files
+
+
 def _check_paths(script_args, model_args, training_args, run_args) -> None:
     model = model_args.model_name_or_path
     if not model:
@@ -371,10 +491,19 @@ def _check_paths(script_args, model_args, training_args, run_args) -> None:
         check_base_model(model, training_args.trust_remote_code)
 
     dataset = script_args.dataset_name
-    if not dataset:
-        raise UserError("dataset_name is required (a hub id, a data directory or a .jsonl/.json/.parquet/.csv file)")
-    if (is_local(dataset) or Path(dataset).suffix in DATA_FILE_BUILDERS) and not Path(dataset).exists():
-        raise UserError(f"dataset_name: no such file or directory: '{dataset}'")
+    mixture = "datasets" if run_args.datasets else "dataset_mixture" if run_args.dataset_mixture else None
+    if not dataset and not mixture:
+        raise UserError(
+            "dataset_name is required (a hub id, a data directory or a .jsonl/.json/.parquet/.csv file), or a mixture: "
+            "datasets (TRL's) or dataset_mixture (alignment-handbook's)"
+        )
+    if dataset and mixture:
+        logger.warning(
+            "dataset_name '%s' is ignored: the mixture in %s is read instead, as TRL's scripts do", dataset, mixture
+        )
+    for key, source in _mixture_sources(run_args) if mixture else [("dataset_name", dataset)]:
+        if (is_local(source) or data_file_kind(source)) and not Path(source).exists():
+            raise UserError(f"{key}: no such file or directory: '{source}'")
 
     merged = Path(run_args.merged_model_dir)
     if run_args.merge and merged.exists() and not run_args.overwrite_merged:

@@ -1,180 +1,233 @@
-"""Preference data: loaded from a hub id, a directory of data files or a single file, and checked before training.
+"""Preference data: loaded from a hub id, a directory of data files, a single file or a mixture of these, converted to
+TRL's format from the format it comes in, and checked before training.
 
 Every check here runs before the model is loaded. A problem is reported as one line naming the data, the split,
 the column and an example row, so that a bad file costs seconds rather than a model download.
 """
 
-import contextlib
-import itertools
-import json
-from collections.abc import Callable, Iterator
+import logging
+import math
+from collections.abc import Callable
 from pathlib import Path
 
-import pandas
-import pyarrow
-import pyarrow.parquet
+import jinja2
 from datasets import Dataset, DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 from trl import ScriptArguments
 from trl.data_utils import extract_prompt, is_conversational, maybe_extract_prompt, unpair_preference_dataset
 
+from prefopt.config import RunArguments
+from prefopt.data_files import (
+    DATA_FILE_BUILDERS,
+    broken_files_reported,
+    check_readable,
+    data_file_kind,
+    data_files_in,
+    record_line,
+)
 from prefopt.errors import UserError, reported_if_hub_unreachable
+from prefopt.formats import in_trl_format
+from prefopt.mixtures import concatenated, handbook_weighted, trl_fraction_mixture
 
-# File extension -> the `datasets` builder that reads it.
-DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 PAIRED_COLUMNS = ("chosen", "rejected")  # plus "prompt", or an implicit prompt shared by chosen and rejected
 UNPAIRED_COLUMNS = ("prompt", "completion", "label")
+COMPLETION_COLUMNS = ("chosen", "rejected", "completion")
+# Rows whose prompt leaves no room under max_length are dropped, unless they are more than this share of a split:
+# the run would then learn from a minority of the data, skewed to short prompts.
+MAX_SHARE_DROPPED = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 def load_preference_data(
     script_args: ScriptArguments,
     training_args,
-    run_args,
+    run_args: RunArguments,
     tokenizer: PreTrainedTokenizerBase,
     unpaired_ok: bool = False,
 ) -> tuple[Dataset, Dataset | None]:
-    """The train split and, when the run evaluates, the test split, in TRL's column names and checked row by row."""
+    """The train split and, when the run evaluates, the test split, in TRL's columns and checked row by row."""
     evaluate, max_length, seed = training_args.eval_strategy != "no", training_args.max_length, training_args.seed
-    dataset = load_preference_dataset(script_args)
-    if run_args.dataset_columns:
-        dataset = rename_columns(dataset, run_args.dataset_columns, script_args.dataset_name)
+    dataset = load_preference_dataset(script_args, run_args, seed)
+    source = data_name(script_args, run_args)
     train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
     hold_out = evaluate and run_args.test_size and test_split not in dataset and train_split in dataset
     if hold_out:
-        held_out = dataset[train_split].train_test_split(test_size=_row_count(run_args.test_size), seed=seed)
+        held_out = split_off(dataset[train_split], run_args.test_size, seed, "test_size", f"{source} [{train_split}]")
         dataset = DatasetDict({train_split: held_out["train"], test_split: held_out["test"]})
-    train, test = select_splits(dataset, script_args, evaluate, unpaired_ok)
-    row_name = _row_namer(script_args.dataset_name, in_file_order=not hold_out)
+    train, test = select_splits(dataset, script_args, evaluate, unpaired_ok, source)
+    row_name = _row_namer(source, in_file_order=not hold_out)
+    template = _template_name(tokenizer, run_args.chat_template_path)
+    # DPO's keep_end truncation keeps the end of a long prompt and the completion: DPOTrainer drops no row then.
+    drop_rows = max_length is not None and getattr(training_args, "truncation_mode", "keep_start") == "keep_start"
     checked = []
     for name, split in ((train_split, train), (test_split, test)):
         if split is not None:
-            where = f"{script_args.dataset_name} [{name}]"
-            check_rows(split, where, tokenizer, row_name)
+            where = f"{source} [{name}]"
+            check_rows(split, where, tokenizer, row_name, template)
             if "prompt" not in split.column_names:  # an implicit prompt: the start chosen and rejected share
                 split = split.map(extract_prompt)
-            if max_length is not None:
-                check_prompt_lengths(split, where, tokenizer, max_length, row_name)
+            warn_if_nothing_to_learn(split, where)
+            if drop_rows:
+                split = without_long_prompts(split, where, tokenizer, max_length, row_name, run_args.drop_long_prompts)
         checked.append(split)
     return checked[0], checked[1]
 
 
-def load_preference_dataset(script_args: ScriptArguments) -> DatasetDict:
-    """Load `dataset_name`: a single data file becomes the train split; a directory's files are split by name."""
+def data_name(script_args: ScriptArguments, run_args: RunArguments) -> str:
+    """How messages name the data: `dataset_name`, or the key of the mixture that replaces it."""
+    if run_args.datasets:
+        return "datasets"
+    if run_args.dataset_mixture:
+        return "dataset_mixture"
+    return script_args.dataset_name
+
+
+def load_preference_dataset(
+    script_args: ScriptArguments, run_args: RunArguments | None = None, seed: int = 42
+) -> DatasetDict:
+    """The data in TRL's columns: `dataset_name` (a single data file becomes the train split; a directory's files are
+    split by name), or a mixture, TRL's `datasets` or alignment-handbook's `dataset_mixture`. Each data set is renamed
+    by `dataset_columns` and converted from its own format. `seed` draws the mixtures' samples and splits."""
+    run_args = run_args or RunArguments()
+    if run_args.datasets:
+        return trl_mixture(run_args, seed)
+    if run_args.dataset_mixture:
+        return handbook_mixture(run_args, seed)
     source = script_args.dataset_name
+    dataset = _load_source(source, "dataset_name", script_args.dataset_train_split, name=script_args.dataset_config)
+    return _in_trl_columns(dataset, source, run_args, _row_namer(source, in_file_order=True))
+
+
+def trl_mixture(run_args: RunArguments, seed: int) -> DatasetDict:
+    """TRL's `datasets`: each data set loaded as TRL's `get_dataset` loads it (`path`, `name`, `data_dir`,
+    `data_files`, `split`, `columns`), then in TRL's columns, mixed by `fraction`; `test_split_size` holds out part of
+    the mixture, drawn with the run's seed (TRL's split is unseeded)."""
+    names, datasets = [], []
+    for index, member in enumerate(run_args.datasets):
+        key = f"datasets[{index}]"
+        dataset = _load_member(
+            member.path,
+            key,
+            member.split,
+            member.columns,
+            name=member.name,
+            data_dir=member.data_dir,
+            data_files=member.data_files,
+        )
+        names.append(f"{key} ({member.path})")
+        datasets.append(_member_in_trl_columns(dataset, member.path, member.split, names[-1], run_args))
+    datasets = trl_fraction_mixture(datasets, [member.fraction for member in run_args.datasets])
+    return _mixed(datasets, names, "datasets", run_args.test_split_size, "test_split_size", seed)
+
+
+def handbook_mixture(run_args: RunArguments, seed: int) -> DatasetDict:
+    """alignment-handbook's `dataset_mixture`: each data set loaded by `id`, `config` and `split`, its `columns` kept,
+    in TRL's columns, sampled by `weight`; then mixed and shuffled, and split by `test_split_size`, all with the
+    mixture's `seed`, or the run's when it sets none."""
+    mixture = run_args.dataset_mixture
+    seed = seed if mixture.seed is None else mixture.seed
+    names, datasets = [], []
+    for index, member in enumerate(mixture.datasets):
+        key = f"dataset_mixture.datasets[{index}]"
+        dataset = _load_member(member.id, key, member.split, member.columns, name=member.config)
+        names.append(f"{key} ({member.id})")
+        dataset = _member_in_trl_columns(dataset, member.id, member.split, names[-1], run_args)
+        datasets.append(handbook_weighted(dataset, member.weight, seed))
+    size_key = "dataset_mixture.test_split_size"
+    return _mixed(datasets, names, "dataset_mixture", mixture.test_split_size, size_key, seed, shuffle=True)
+
+
+def _mixed(
+    datasets: list[Dataset],
+    names: list[str],
+    key: str,
+    test_split_size: float | None,
+    size_key: str,
+    seed: int,
+    shuffle: bool = False,
+) -> DatasetDict:
+    mixture = concatenated(datasets, names, key)
+    logger.info(
+        "%s: a mixture of %d rows: %s",
+        key,
+        len(mixture),
+        ", ".join(f"{len(dataset)} of {name}" for dataset, name in zip(datasets, names)),
+    )
+    if shuffle:
+        mixture = mixture.shuffle(seed=seed)
+    if test_split_size is None:
+        return DatasetDict({"train": mixture})
+    return split_off(mixture, test_split_size, seed, size_key, key)
+
+
+def split_off(dataset: Dataset, size: float, seed: int, key: str, where: str) -> DatasetDict:
+    """`dataset` split into train and test, the test split `size` rows (a number) or a fraction (below 1) of them, as
+    `Dataset.train_test_split` counts them, drawn with `seed`; one line when either split would be empty."""
+    rows = len(dataset)
+    held_out = math.ceil(size * rows) if size < 1 else int(size)  # a fraction's rows rounded up, as datasets does
+    if held_out >= rows:
+        raise UserError(
+            f"{key} {size:g}: {where} has {rows} rows, and holding out {held_out} leaves none to train on; set {key} "
+            f"to a fraction below 1, or a number of rows below {rows}"
+        )
+    return dataset.train_test_split(test_size=held_out, seed=seed)
+
+
+def _load_member(path: str, key: str, split: str, columns: list[str] | None, **load_kwargs) -> Dataset:
+    """One data set of a mixture: the `split` of a data file, a directory or a hub id, with only its `columns`."""
+    if Path(path).is_file():
+        dataset = _load_source(path, key, split)[split]
+    else:
+        try:
+            dataset = _load_source(path, key, split=split, **load_kwargs)
+        except ValueError as error:  # datasets' 'Unknown split "x". Should be one of [...]'
+            if not str(error).startswith("Unknown split"):
+                raise
+            raise UserError(f"{key}: no split '{split}' in '{path}' ({error})") from None
+    if columns:
+        missing = [column for column in columns if column not in dataset.column_names]
+        if missing:
+            raise UserError(
+                f"{key}: columns lists '{missing[0]}', which '{path}' does not have (columns: "
+                f"{', '.join(dataset.column_names)})"
+            )
+        dataset = dataset.select_columns(columns)
+    return dataset
+
+
+def _load_source(source: str, key: str, file_split: str = "train", **load_kwargs) -> DatasetDict | Dataset:
+    """A data file (read as the split `file_split`), a directory of them (splits by file name) or a hub id; local
+    files are checked first for what `datasets` would fail on with a traceback, or read wrongly."""
     path = Path(source)
     if path.is_file():
-        builder = DATA_FILE_BUILDERS.get(path.suffix)
-        if builder is None:
-            raise UserError(f"dataset_name: cannot read '{source}' (supported: {', '.join(DATA_FILE_BUILDERS)})")
-        if path.stat().st_size == 0:
-            raise UserError(f"dataset_name: '{source}' is empty")
-        if path.suffix == ".json":
-            _check_not_one_object(path)
-        with _broken_files_reported(path):
-            return load_dataset(builder, data_files={script_args.dataset_train_split: str(path)})
-    # A directory or a hub id: `datasets` infers the format from the file extensions and the splits from the file
-    # names (train.jsonl, test.jsonl, ...).
+        check_readable(path, key)
+        with broken_files_reported(path, key):
+            return load_dataset(DATA_FILE_BUILDERS[data_file_kind(path)], data_files={file_split: str(path)})
     if path.is_dir():
-        with _broken_files_reported(path):
-            return load_dataset(source, name=script_args.dataset_config)
-    with reported_if_hub_unreachable("dataset_name", source, repo_type="dataset"):
-        return load_dataset(source, name=script_args.dataset_config)
-
-
-def _check_not_one_object(path: Path) -> None:
-    """A .json file that is one object, on one line or several: datasets would read it as a single record."""
-    with path.open() as lines:
-        if lines.read(1) != "{":
-            return  # a list of records, or not JSON: datasets reads it or fails
-        lines.seek(0)
-        first = lines.readline()
-        try:
-            value = json.loads(first)
-        except json.JSONDecodeError:  # an object over several lines, or a broken first record
-            value = None
-            with contextlib.suppress(json.JSONDecodeError):
-                value = json.loads(path.read_text())
-        else:
-            if any(line.strip() for line in lines):
-                return  # one object per line: JSON Lines
-    if isinstance(value, dict):
-        raise UserError(f"dataset_name: '{path}'{_one_object_problem(value)}")
-
-
-def _one_object_problem(value: dict) -> str:
-    return (
-        f" holds one JSON object (keys: {', '.join(value)}), not records; write a list of records [{{...}}, {{...}}], "
-        "or one record per line in a .jsonl file"
-    )
-
-
-@contextlib.contextmanager
-def _broken_files_reported(path: Path) -> Iterator[None]:
-    """When `datasets` cannot read local data, name the first broken file and what is wrong with it, in one line.
-
-    Only then are the files read again, with json, pandas and pyarrow; if they all read cleanly, datasets' error stands.
-    """
+        for file in data_files_in(path):
+            check_readable(file, key)
+        with broken_files_reported(path, key):
+            return load_dataset(source, **load_kwargs)
     try:
-        yield
-    except Exception:
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATA_FILE_BUILDERS)
-        for file in files:
-            problem = _file_problem(file)
-            if problem:
-                raise UserError(f"dataset_name: '{file}'{problem}") from None
-        raise
+        with reported_if_hub_unreachable(key, source, repo_type="dataset"):
+            return load_dataset(source, **load_kwargs)
+    except FileNotFoundError as error:  # a builder's data_files that do not exist
+        raise UserError(f"{key}: {' '.join(str(error).split())}") from None
 
 
-def _file_problem(path: Path) -> str | None:
-    """What keeps `path` from being read, with the line or record where it shows: ", line 4: ..." or ": ..."."""
-    if path.suffix == ".parquet":
-        try:
-            pyarrow.parquet.read_table(path)
-        except pyarrow.ArrowException as error:
-            return f": not a readable Parquet file, truncated or corrupt ({_first_sentence(error)})"
-        return None
-    if path.suffix == ".csv":
-        try:
-            pandas.read_csv(path)
-        except (pandas.errors.ParserError, UnicodeDecodeError) as error:
-            return f": not a readable CSV file ({' '.join(str(error).split())})"
-        return None
-    return _json_problem(path)
+def _in_trl_columns(
+    dataset: DatasetDict, source: str, run_args: RunArguments, row_name: Callable[[int], str]
+) -> DatasetDict:
+    """`dataset_columns` renamed, then converted from the format the data is in (`dataset_format`)."""
+    if run_args.dataset_columns:
+        dataset = rename_columns(dataset, run_args.dataset_columns, source)
+    return in_trl_format(dataset, source, run_args.dataset_format, row_name)
 
 
-def _json_problem(path: Path) -> str | None:
-    """A .json file: a list of records (or JSON Lines); a .jsonl file: one record per line."""
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as error:
-        return f": not UTF-8 text (byte {error.start})"
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        if error.msg != "Extra data":  # else one value after another: JSON Lines, read line by line below
-            return f", line {error.lineno}: not valid JSON ({error.msg})"
-        document = None
-    if isinstance(document, dict):
-        return _one_object_problem(document)
-    if isinstance(document, list):
-        for index, record in enumerate(document):
-            if not isinstance(record, dict):
-                return f", record {index}: expected an object, got {type(record).__name__}"
-        return None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            return f", line {number}: not valid JSON ({error.msg}); each line must hold one JSON object"
-        if not isinstance(record, dict):
-            return f", line {number}: expected one JSON object per line, got {type(record).__name__}"
-    return None
-
-
-def _first_sentence(error: Exception) -> str:
-    return " ".join(str(error).split()).split(". ")[0].rstrip(".")
+def _member_in_trl_columns(dataset: Dataset, path: str, split: str, name: str, run_args: RunArguments) -> Dataset:
+    """A data set of a mixture in TRL's columns; a data file's rows are named by their lines in messages."""
+    return _in_trl_columns(DatasetDict({split: dataset}), name, run_args, _row_namer(path, in_file_order=True))[split]
 
 
 def rename_columns(dataset: DatasetDict, columns: dict[str, str], source: str) -> DatasetDict:
@@ -190,9 +243,10 @@ def rename_columns(dataset: DatasetDict, columns: dict[str, str], source: str) -
 
 
 def select_splits(
-    dataset: DatasetDict, script_args: ScriptArguments, evaluate: bool, unpaired_ok: bool = False
+    dataset: DatasetDict, script_args: ScriptArguments, evaluate: bool, unpaired_ok: bool = False, source: str = ""
 ) -> tuple[Dataset, Dataset | None]:
     """The train split and, when evaluating, the test split, each checked for the columns the trainer needs."""
+    source = source or script_args.dataset_name
     names = [script_args.dataset_train_split] + ([script_args.dataset_test_split] if evaluate else [])
     for name in names:
         if name not in dataset:
@@ -201,8 +255,8 @@ def select_splits(
                 if name == script_args.dataset_train_split
                 else "set dataset_test_split, test_size (to hold out part of train) or eval_strategy: no"
             )
-            raise UserError(f"{script_args.dataset_name}: no split '{name}' (splits: {', '.join(dataset)}); {fix}")
-        check_columns(dataset[name], f"{script_args.dataset_name} [{name}]", unpaired_ok)
+            raise UserError(f"{source}: no split '{name}' (splits: {', '.join(dataset)}); {fix}")
+        check_columns(dataset[name], f"{source} [{name}]", unpaired_ok)
     train = dataset[script_args.dataset_train_split]
     return train, dataset[script_args.dataset_test_split] if evaluate else None
 
@@ -223,21 +277,26 @@ def check_columns(split: Dataset, where: str, unpaired_ok: bool = False) -> None
 def _row_namer(source: str, in_file_order: bool) -> Callable[[int], str]:
     """How messages name a row: by its line in a JSON Lines file whose records are the split, in order."""
     path = Path(source)
-    if in_file_order and path.is_file() and path.suffix == ".jsonl":
-        return lambda index: f"line {_record_line(path, index)}"
+    if in_file_order and path.is_file() and data_file_kind(path) == ".jsonl":
+        return lambda index: f"line {record_line(path, index)}"
     return lambda index: f"row {index}"
 
 
-def _record_line(path: Path, index: int) -> int:
-    """The line of JSON Lines file `path` that holds record `index`: blank lines hold none."""
-    with path.open() as lines:
-        record_lines = (number for number, line in enumerate(lines, start=1) if line.strip())
-        return next(itertools.islice(record_lines, index, None))
+def _template_name(tokenizer: PreTrainedTokenizerBase, chat_template_path: str | None) -> str:
+    if chat_template_path and Path(chat_template_path).is_file():
+        return f"the chat template '{chat_template_path}'"
+    return f"the chat template of '{chat_template_path or tokenizer.name_or_path}'"
 
 
-def check_rows(split: Dataset, where: str, tokenizer: PreTrainedTokenizerBase, row_name: Callable[[int], str]) -> None:
-    """Types of every row, and a chat template for conversational data."""
-    text_columns = [column for column in ("prompt", "chosen", "rejected", "completion") if column in split.column_names]
+def check_rows(
+    split: Dataset,
+    where: str,
+    tokenizer: PreTrainedTokenizerBase,
+    row_name: Callable[[int], str],
+    template: str = "the tokenizer's chat template",
+) -> None:
+    """Types of every row; for conversational data, a chat template that renders every row as the trainers will."""
+    text_columns = [column for column in ("prompt", *COMPLETION_COLUMNS) if column in split.column_names]
     conversational = isinstance(split[0][text_columns[0]], list)
     for column in text_columns:
         for index, value in enumerate(split[column]):
@@ -253,6 +312,8 @@ def check_rows(split: Dataset, where: str, tokenizer: PreTrainedTokenizerBase, r
             f"{where}: the data is conversational but the tokenizer has no chat template; set chat_template_path "
             "to a .jinja file or to a tokenizer directory that has one"
         )
+    if conversational:
+        _check_template_renders(split, where, tokenizer, row_name, template)
 
 
 def _text_problem(value) -> str | None:
@@ -264,40 +325,111 @@ def _text_problem(value) -> str | None:
 def _message_list_problem(value) -> str | None:
     if not isinstance(value, list):
         return f"expected a list of messages like the first row's, got {type(value).__name__}"
+    if not value:
+        return "no messages (an empty list); each row needs at least one message here"
     for message in value:
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and "content" in message):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
             return f"expected messages with 'role' and 'content', got {message!r}"
     return None
 
 
-def check_prompt_lengths(
+def _check_template_renders(
+    split: Dataset, where: str, tokenizer: PreTrainedTokenizerBase, row_name: Callable[[int], str], template: str
+) -> None:
+    """Each row rendered as the trainers render it: the prompt with the generation prompt, the prompt followed by each
+    completion. A template that raises, as many do when roles do not alternate, is named with the first such row."""
+    prompts = split["prompt"] if "prompt" in split.column_names else None
+    completions = {column: split[column] for column in COMPLETION_COLUMNS if column in split.column_names}
+    for index in range(len(split)):
+        prompt = prompts[index] if prompts is not None else []
+        conversations = [("prompt", prompt, True)] if prompts is not None else []
+        conversations += [(column, prompt + values[index], False) for column, values in completions.items()]
+        for column, messages, add_generation_prompt in conversations:
+            try:
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            except jinja2.TemplateSyntaxError as error:
+                raise UserError(
+                    f"{template} is not a valid Jinja template (line {error.lineno}: {error.message}); fix it, or set "
+                    "chat_template_path to one that is"
+                ) from None
+            except jinja2.TemplateError as error:
+                raise UserError(
+                    f"{where}: column '{column}', {row_name(index)}: {template} cannot render this row ({error}); fix "
+                    "the row, or set chat_template_path to a template that accepts it"
+                ) from None
+
+
+def _completion_text(value: str | list[dict]) -> str:
+    return value if isinstance(value, str) else "".join(message["content"] for message in value)
+
+
+def warn_if_nothing_to_learn(split: Dataset, where: str) -> None:
+    """One warning for data that teaches nothing: every chosen equal to its rejected, or every completion empty."""
+    completions = [column for column in COMPLETION_COLUMNS if column in split.column_names]
+    if "chosen" in completions and all(
+        chosen == rejected for chosen, rejected in zip(split["chosen"], split["rejected"])
+    ):
+        logger.warning(
+            "%s: in every row chosen equals rejected: such pairs prefer nothing, so DPO and SimPO learn nothing from "
+            "them, and KTO is told each completion is both desirable and undesirable",
+            where,
+        )
+    if all(not _completion_text(value).strip() for column in completions for value in split[column]):
+        logger.warning("%s: every completion (%s) is empty: there is nothing to learn", where, ", ".join(completions))
+
+
+def prompt_lengths(split: Dataset, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Each prompt's tokens as TRL's DPO and KTO trainers count them: through the chat template with the generation
+    prompt for conversations, else as text with the tokenizer's special tokens."""
+    if is_conversational(split[0]):
+        return [
+            len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+            for prompt in split["prompt"]
+        ]
+    return [len(ids) for ids in tokenizer(list(split["prompt"]), add_special_tokens=True)["input_ids"]]
+
+
+def without_long_prompts(
     split: Dataset,
     where: str,
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     row_name: Callable[[int], str],
-) -> None:
-    """A prompt of `max_length` tokens or more leaves no room for its completion: TRL would drop the row."""
-    if is_conversational(split[0]):
-        prompt_ids = [
-            tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
-            for prompt in split["prompt"]
-        ]
-    else:
-        prompt_ids = tokenizer(list(split["prompt"]), add_special_tokens=True)["input_ids"]
-    too_long = [index for index, ids in enumerate(prompt_ids) if len(ids) >= max_length]
-    if too_long:
-        longest = max(len(prompt_ids[index]) for index in too_long)
+    drop: bool = True,
+) -> Dataset:
+    """`split` without the rows whose prompt has `max_length` tokens or more, which leave no room for a completion
+    (DPOTrainer and KTOTrainer drop them; CPOTrainer would train on an empty completion). One line says how many of
+    how many went, and the longest. The run is refused when more than MAX_SHARE_DROPPED of the rows would go, and,
+    with `drop` false, when any would."""
+    lengths = prompt_lengths(split, tokenizer)
+    too_long = [index for index, length in enumerate(lengths) if length >= max_length]
+    if not too_long:
+        return split
+    counts = (
+        f"{len(too_long)} of {len(split)} prompts have max_length ({max_length}) tokens or more (longest "
+        f"{max(lengths)})"
+    )
+    if not drop:
         raise UserError(
-            f"{where}: column 'prompt', {row_name(too_long[0])}: {len(too_long)} of {len(split)} prompts have "
-            f"max_length ({max_length}) tokens or more (longest {longest}), leaving no room for the completion; raise "
-            "max_length or filter those rows"
+            f"{where}: column 'prompt', {row_name(too_long[0])}: {counts}, leaving no room for the completion; raise "
+            "max_length, filter those rows, or set drop_long_prompts: true to drop them"
         )
-
-
-def _row_count(test_size: float) -> float | int:
-    """`train_test_split` reads a float as a fraction and an int as a count."""
-    return test_size if test_size < 1 else int(test_size)
+    if len(too_long) > MAX_SHARE_DROPPED * len(split):
+        raise UserError(
+            f"{where}: {counts}, leaving no room for the completion; dropping more than half of the rows would leave "
+            "too little of the data for the run to mean much: raise max_length, or shorten or filter the prompts"
+        )
+    logger.warning(
+        "%s: dropped %s, the first at %s: they leave no room for a completion; raise max_length to keep them",
+        where,
+        counts.replace(" prompts have", " rows whose prompt has"),
+        row_name(too_long[0]),
+    )
+    return split.select(sorted(set(range(len(split))) - set(too_long)))
 
 
 def unpaired_shuffled(dataset: Dataset, seed: int) -> Dataset:

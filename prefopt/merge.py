@@ -34,7 +34,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from trl import ModelConfig, ScriptArguments, get_quantization_config
 
 from prefopt.atomic import atomic_directory
-from prefopt.config import MERGED_DTYPES
+from prefopt.config import MERGED_DTYPES, RunArguments
 from prefopt.data import load_preference_dataset
 from prefopt.errors import UserError, exit_on_user_error
 from prefopt.locking import lock_outputs
@@ -259,8 +259,9 @@ def report_line(report: dict) -> str:
 
 
 def check_batch_of(dataset_name: str) -> CheckBatch:
-    """The check batch from preference data: its test split, else its train split."""
-    dataset = load_preference_dataset(ScriptArguments(dataset_name=dataset_name))
+    """The check batch from preference data, read and converted to TRL's format as the scripts read it: its test
+    split, else its train split."""
+    dataset = load_preference_dataset(ScriptArguments(dataset_name=dataset_name), RunArguments())
     split = "test" if "test" in dataset else "train"
     if split not in dataset:
         raise UserError(

@@ -31,9 +31,10 @@ def is_local(path: str) -> bool:
     return Path(path).exists() or not _HUB_ID.match(path) or Path(path.split("/")[0]).is_dir()
 
 
-def check_run_paths(script_args, training_args, model_args, run_args) -> None:
+def check_run_paths(data: list[tuple[str, str]], training_args, model_args, run_args) -> None:
     """Refuse, in one line, any output that would overwrite an input or another output, is not a directory, cannot
-    be written, or (for the merged model) has no room on its file system."""
+    be written, or (for the merged model) has no room on its file system. `data` holds (key, path or hub id) of each
+    data source the run reads."""
     outputs = {
         "output_dir": training_args.output_dir,
         "images_dir": run_args.images_dir,
@@ -44,7 +45,7 @@ def check_run_paths(script_args, training_args, model_args, run_args) -> None:
         key: path
         for key, path in (
             ("model_name_or_path", model_args.model_name_or_path),
-            ("dataset_name", script_args.dataset_name),
+            *data,
             ("chat_template_path", run_args.chat_template_path),
             ("resume_from_checkpoint", resume if isinstance(resume, str) else None),
         )

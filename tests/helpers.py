@@ -2,6 +2,7 @@
 synthetic runs, and the check that a merged model is base + adapter. Fixtures live in `conftest.py`."""
 
 import fcntl
+import gzip
 import json
 import os
 import re
@@ -130,6 +131,64 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def write_json(path: Path, rows: list[dict]) -> Path:
+    """`rows` as one JSON list, as LLaMA-Factory writes its data files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+    return path
+
+
+def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:
+    """`rows` as gzip-compressed JSON Lines, as Anthropic publishes HH-RLHF."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress("".join(json.dumps(row) + "\n" for row in rows).encode()))
+    return path
+
+
+def in_format(format: str, pairs: list[dict]) -> list[dict]:
+    """The demo's pairs (prompt, chosen and rejected strings) as rows of a format other projects write (docs/data.md):
+    a row per pair, or two for LLaMA-Factory's KTO format, a desirable and an undesirable one. Alpaca rows rank three
+    outputs, best first, in every other row."""
+    rows = []
+    for index, pair in enumerate(pairs):
+        prompt, chosen, rejected = pair["prompt"], pair["chosen"].strip(), pair["rejected"].strip()
+        if format == "sharegpt":
+            conversation = [{"from": "system", "value": "You write film reviews."}, {"from": "human", "value": prompt}]
+            rows.append(
+                {
+                    "conversations": conversation,
+                    "chosen": {"from": "gpt", "value": chosen},
+                    "rejected": {"from": "gpt", "value": rejected},
+                }
+            )
+        elif format == "llamafactory_kto":
+            rows += [
+                {
+                    "messages": [{"content": prompt, "role": "user"}, {"content": text, "role": "assistant"}],
+                    "label": label,
+                }
+                for text, label in ((chosen, True), (rejected, False))
+            ]
+        elif format == "alpaca":
+            outputs = [chosen, rejected] if index % 2 else [chosen, "It is a film.", rejected]
+            rows.append({"instruction": "Continue the film review.", "input": prompt, "output": outputs})
+        elif format == "openai":
+            request = {"messages": [{"role": "user", "content": prompt}], "tools": [], "parallel_tool_calls": True}
+            rows.append(
+                {
+                    "input": request,
+                    "preferred_output": [{"role": "assistant", "content": chosen}],
+                    "non_preferred_output": [{"role": "assistant", "content": rejected}],
+                }
+            )
+        elif format == "hh":
+            dialogue = f"\n\nHuman: Review a film for me.\n\nAssistant: Which one?\n\nHuman: {prompt}\n\nAssistant: "
+            rows.append({"chosen": dialogue + chosen, "rejected": dialogue + rejected})
+        else:
+            raise ValueError(f"no such format: {format}")
+    return rows
 
 
 def write_checkpoint(directory: Path) -> Path:

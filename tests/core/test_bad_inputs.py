@@ -29,6 +29,14 @@ PAIRS = [{"prompt": f"Review {i}:", "chosen": " great.", "rejected": " awful."} 
 MESSAGES = [{"role": "user", "content": "Review a film."}]
 REPLY = [{"role": "assistant", "content": "A great film."}]
 UNPAIRED = [{"prompt": "Review:", "completion": " great.", "label": True}]
+CHAT = {"prompt": MESSAGES, "chosen": REPLY, "rejected": [{"role": "assistant", "content": "An awful film."}]}
+SHAREGPT = {
+    "conversations": [{"from": "human", "value": "Review a film."}],
+    "chosen": {"from": "gpt", "value": "A great film."},
+    "rejected": {"from": "gpt", "value": "An awful film."},
+}
+ALPACA = {"instruction": "Translate to French.", "input": "Good morning", "output": ["Bonjour", "Bonsoir"]}
+LONG = {"prompt": "very long " * 40, "chosen": " b", "rejected": " c"}  # 82 tokens with the demo tokenizer
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,11 @@ def base_config(model_dir: Path) -> dict:
 
 def jsonl(rows: list) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def latin1(text: str) -> Callable[[Path, Path], None]:
+    """A file writer: `text` in Latin-1, where é is one byte that UTF-8 cannot decode."""
+    return lambda path, model_dir: path.write_bytes(text.encode("latin-1"))
 
 
 def truncated_parquet(path: Path, model_dir: Path) -> None:
@@ -140,12 +153,6 @@ CONFIG_CASES = {
         "environment variable",
         {"hub_token": "hf_secret"},
     ),
-    "alignment-handbook dataset_mixture": Case(
-        "config.yaml: 'dataset_mixture' is not a key; alignment-handbook's mixtures are not read here: set "
-        "dataset_name (a hub id, a data directory or file), dataset_config and dataset_train_split/dataset_test_split, "
-        "or test_size to hold out part of train; to mix datasets, write them into one data file first",
-        {"dataset_mixture": {"datasets": [{"id": "org/data", "split": "train"}]}},
-    ),
     "template in the config": Case(
         "config.yaml: 'chat_template' is not a key; a template in the config is not read here: save it to a .jinja "
         "file and set chat_template_path to it",
@@ -160,10 +167,73 @@ CONFIG_CASES = {
         "config.yaml: 'warmup_ratio' is the old name of 'warmup_steps', and both are set; keep one",
         {"warmup_ratio": 0.1, "warmup_steps": 100},
     ),
-    "dataset_mixer of two datasets": Case(
-        "config.yaml: dataset_mixer {org/a: 0.5, org/b: 0.5}: only one whole dataset ({id: 1.0}) carries over to "
-        "dataset_name; to mix or subsample datasets, write them into one data file first and set dataset_name to it",
-        {"dataset_mixer": {"org/a": 0.5, "org/b": 0.5}},
+    "dataset_mixer that is not a mapping": Case(
+        "config.yaml: dataset_mixer [org/a, org/b]: expected {id: fraction, ...}", {"dataset_mixer": ["org/a", "org/b"]}
+    ),
+    "streaming a data set": Case(
+        "config.yaml: dataset_streaming is not supported: every row is checked before training, and KTO's examples "
+        "are shuffled, which needs the whole data set; remove it",
+        {"dataset_streaming": True},
+    ),
+    "streaming TRL's mixture": Case(
+        "config.yaml: streaming is not supported: every row is checked before training, and KTO's examples are "
+        "shuffled, which needs the whole data set; remove it",
+        {"streaming": True, "datasets": [{"path": "data.jsonl"}]},
+    ),
+    "both kinds of mixture": Case(
+        "config.yaml: datasets (TRL's mixture) and dataset_mixture (alignment-handbook's) are both set; keep one",
+        {"datasets": [{"path": "data.jsonl"}], "dataset_mixture": {"datasets": [{"id": "data.jsonl"}]}},
+    ),
+    "test_split_size without a mixture": Case(
+        "config.yaml: test_split_size holds out part of a datasets mixture, and none is set; for dataset_name, set "
+        "test_size",
+        {"test_split_size": 0.1},
+    ),
+    "test_size below zero": Case(
+        "config.yaml: test_size must be a fraction or a number of rows above 0, got -0.1", {"test_size": -0.1}
+    ),
+    "unknown dataset_format": Case(
+        "config.yaml: dataset_format must be one of auto, trl, sharegpt, llamafactory_kto, alpaca, openai, hh, got "
+        "'sharegpt_v2'",
+        {"dataset_format": "sharegpt_v2"},
+    ),
+    "unknown key in TRL's mixture": Case(
+        "config.yaml: datasets[0]: unknown key 'fractin' (keys: path, name, data_dir, data_files, split, columns, "
+        "fraction)",
+        {"datasets": [{"path": "data.jsonl", "fractin": 0.5}]},
+    ),
+    "unknown key in the handbook's mixture": Case(
+        "config.yaml: dataset_mixture.datasets[0]: unknown key 'weigth' (keys: id, config, split, columns, weight)",
+        {"dataset_mixture": {"datasets": [{"id": "data.jsonl", "weigth": 0.5}]}},
+    ),
+    "handbook weight above one": Case(
+        "config.yaml: dataset_mixture.datasets[0]: weight must be a fraction of the data set's rows in (0, 1], got 2",
+        {"dataset_mixture": {"datasets": [{"id": "data.jsonl", "weight": 2}]}},
+    ),
+    "handbook mixture without data sets": Case(
+        "config.yaml: dataset_mixture: 'datasets' must be a list of data sets, each {id: ..., weight: ...}",
+        {"dataset_mixture": {"seed": 1}},
+    ),
+    "handbook data set without an id": Case(
+        "config.yaml: dataset_mixture.datasets[0]: expected {id: ..., config: ..., split: ..., columns: [...], "
+        "weight: ...}",
+        {"dataset_mixture": {"datasets": [{"path": "data.jsonl"}]}},
+    ),
+    "unknown key of the handbook's mixture": Case(
+        "config.yaml: dataset_mixture: unknown key 'test_size' (keys: datasets, seed, test_split_size)",
+        {"dataset_mixture": {"datasets": [{"id": "data.jsonl"}], "test_size": 0.1}},
+    ),
+    "handbook test_split_size of zero": Case(
+        "config.yaml: dataset_mixture: test_split_size must be a fraction or a number of rows above 0, got 0",
+        {"dataset_mixture": {"datasets": [{"id": "data.jsonl"}], "test_split_size": 0}},
+    ),
+    "TRL's data set without a path": Case(
+        "config.yaml: datasets[0]: no path (keys: path, name, data_dir, data_files, split, columns, fraction)",
+        {"datasets": [{"split": "train"}]},
+    ),
+    "negative TRL fractions": Case(
+        "datasets: fractions must be 0 or more, and one above 0; got [-1, 2]",
+        {"datasets": [{"path": "data.jsonl", "fraction": -1}, {"path": "data.jsonl", "fraction": 2}]},
     ),
     "dataset_splits without a train split": Case(
         "config.yaml: dataset_splits [dev, test]: expected one train split and at most one test split; set "
@@ -200,6 +270,10 @@ COMMAND_LINE_CASES = {
     "not an integer": Case(
         "config.yaml: argument --max_steps/--max-steps: invalid int value: 'many'", flags=("--max_steps", "many")
     ),
+    "dataset_mixture that is not a mapping": Case(
+        "dataset_mixture must be a mapping, e.g. '{\"prompt\": \"question\"}', got 'a.jsonl'",
+        flags=("--dataset_mixture", "a.jsonl"),
+    ),
     "dataset_columns that is not a mapping": Case(
         "dataset_columns must be a mapping, e.g. '{\"prompt\": \"question\"}', got 'question'",
         flags=("--dataset_columns", "question"),
@@ -229,8 +303,13 @@ PATH_CASES = {
     ),
     "no data file": Case("dataset_name: no such file or directory: 'missing.jsonl'", {"dataset_name": "missing.jsonl"}),
     "no data given": Case(
-        "dataset_name is required (a hub id, a data directory or a .jsonl/.json/.parquet/.csv file)",
+        "dataset_name is required (a hub id, a data directory or a .jsonl/.json/.parquet/.csv file), or a mixture: "
+        "datasets (TRL's) or dataset_mixture (alignment-handbook's)",
         {"dataset_name": None},
+    ),
+    "no file of a mixture": Case(
+        "datasets[1].path: no such file or directory: 'missing.jsonl'",
+        {"datasets": [{"path": "data.jsonl"}, {"path": "missing.jsonl"}]},
     ),
     "merged model exists": Case(
         "merged_model_dir 'models/run' already exists; set overwrite_merged: true (or --overwrite_merged) to replace "
@@ -315,7 +394,8 @@ PATH_CASES = {
         files={"models/run": "notes\n"},
     ),
     "unsupported file type": Case(
-        "dataset_name: cannot read 'pairs.txt' (supported: .jsonl, .json, .parquet, .csv)",
+        "dataset_name: cannot read 'pairs.txt' (supported: .jsonl, .json, .parquet, .csv, and .jsonl/.json/.csv "
+        "compressed as .gz)",
         {"dataset_name": "pairs.txt"},
         files={"pairs.txt": "hello\n"},
     ),
@@ -392,10 +472,125 @@ DATA_CASES = {
         "{'content': 'hi'}",
         files={"data.jsonl": jsonl([{"prompt": [{"content": "hi"}], "chosen": REPLY, "rejected": REPLY}])},
     ),
-    "prompt longer than max_length": Case(
+    "prompt longer than max_length, refused as asked": Case(
         "data.jsonl [train]: column 'prompt', line 3: 1 of 3 prompts have max_length (64) tokens or more (longest "
-        "82), leaving no room for the completion; raise max_length or filter those rows",
-        files={"data.jsonl": jsonl(PAIRS[:2] + [{"prompt": "very long " * 40, "chosen": " b", "rejected": " c"}])},
+        "82), leaving no room for the completion; raise max_length, filter those rows, or set drop_long_prompts: "
+        "true to drop them",
+        {"drop_long_prompts": False},
+        files={"data.jsonl": jsonl(PAIRS[:2] + [LONG])},
+    ),
+    "most prompts longer than max_length": Case(
+        "data.jsonl [train]: 2 of 3 prompts have max_length (64) tokens or more (longest 82), leaving no room for the "
+        "completion; dropping more than half of the rows would leave too little of the data for the run to mean much: "
+        "raise max_length, or shorten or filter the prompts",
+        files={"data.jsonl": jsonl(PAIRS[:1] + [LONG, LONG])},
+    ),
+    "bytes that are not UTF-8": Case(
+        "dataset_name: 'data.jsonl', line 2: not UTF-8 text (byte 0xe9 at column 19); save the file as UTF-8",
+        files={
+            "data.jsonl": latin1(jsonl(PAIRS[:1]) + '{"prompt": "Le café:", "chosen": " bon.", "rejected": " non."}\n')
+        },
+    ),
+    "a CSV file that is not UTF-8": Case(
+        "dataset_name: 'pairs.csv', line 3: not UTF-8 text (byte 0xe9 at column 4); save the file as UTF-8",
+        {"dataset_name": "pairs.csv"},
+        files={"pairs.csv": latin1("prompt,chosen,rejected\na,b,c\ncafé,b,c\n")},
+    ),
+    "test_size larger than the data": Case(
+        "test_size 100: data.jsonl [train] has 40 rows, and holding out 100 leaves none to train on; set test_size "
+        "to a fraction below 1, or a number of rows below 40",
+        {"eval_strategy": "steps", "test_size": 100},
+    ),
+    "an empty message list": Case(
+        "data.jsonl [train]: column 'prompt', line 2: no messages (an empty list); each row needs at least one "
+        "message here",
+        files={"data.jsonl": jsonl([CHAT, {**CHAT, "prompt": []}])},
+    ),
+    "an unknown ShareGPT role": Case(
+        "data.jsonl [train]: column 'conversations', line 1: unknown ShareGPT role 'bot' (expected human, gpt, "
+        "system, observation, function_call)",
+        files={"data.jsonl": jsonl([{**SHAREGPT, "conversations": [{"from": "bot", "value": "Hi."}]}])},
+    ),
+    "an Alpaca ranking of one output": Case(
+        "data.jsonl [train]: column 'output', line 2: expected a list of 2 or more outputs, best first; got 1 output",
+        files={"data.jsonl": jsonl([ALPACA, {**ALPACA, "output": ["Bonjour"]}])},
+    ),
+    "HH forced on text that is not a transcript": Case(
+        "data.jsonl [train]: column 'chosen', line 1: not an HH transcript: expected 'Human: ...' turns up to a last "
+        "'\\n\\nAssistant:' turn",
+        {"dataset_format": "hh"},
+        files={"data.jsonl": jsonl([{"chosen": "Q: Is it good? A: Yes.", "rejected": "Q: Is it good? A: No."}])},
+    ),
+    "a forced format whose fields the data lacks": Case(
+        "data.jsonl: dataset_format openai needs the columns input/preferred_output/non_preferred_output (columns: "
+        "prompt, chosen, rejected)",
+        {"dataset_format": "openai"},
+    ),
+    "LLaMA-Factory KTO data not ending with the rated reply": Case(
+        "data.jsonl [train]: column 'messages', line 1: expected the assistant's reply, got a message of role 'user'",
+        files={"data.jsonl": jsonl([{"messages": [REPLY[0], MESSAGES[0]], "label": True}])},
+        script="kto",
+    ),
+    "a mixture of standard and conversational data": Case(
+        "datasets: the data sets of a mixture must all become the same columns and kind, got datasets[0] "
+        "(data.jsonl): prompt, chosen, rejected (standard); datasets[1] (chat.jsonl): prompt, chosen, rejected "
+        "(conversational)",
+        {"datasets": [{"path": "data.jsonl"}, {"path": "chat.jsonl"}]},
+        files={"chat.jsonl": jsonl([CHAT])},
+    ),
+    "TRL fractions for some data sets only": Case(
+        "datasets: set fraction for every data set of the mixture or for none (TRL's rule)",
+        {"datasets": [{"path": "data.jsonl", "fraction": 0.5}, {"path": "chat.jsonl"}]},
+        files={"chat.jsonl": jsonl([CHAT])},
+    ),
+    "a split a mixture's directory lacks": Case(
+        "datasets[0]: no split 'dev' in 'pairs' (Unknown split \"dev\". Should be one of ['train'].)",
+        {"datasets": [{"path": "pairs", "split": "dev"}]},
+        files={"pairs/train.jsonl": jsonl(PAIRS)},
+    ),
+    "a file that is not gzip": Case(
+        "dataset_name: 'data.jsonl.gz': not a readable gzip file (Not a gzipped file (b'{\"'))",
+        {"dataset_name": "data.jsonl.gz"},
+        files={"data.jsonl.gz": jsonl(PAIRS)},
+    ),
+    "a ShareGPT value that is not text": Case(
+        "data.jsonl [train]: column 'chosen', line 1: expected a string, got int",
+        files={"data.jsonl": jsonl([{**SHAREGPT, "chosen": {"from": "gpt", "value": 5}}])},
+    ),
+    "ShareGPT conversations that are not a list": Case(
+        "data.jsonl [train]: column 'conversations', line 1: expected a list, got str",
+        files={"data.jsonl": jsonl([{**SHAREGPT, "conversations": "Review a film."}])},
+    ),
+    "a message of neither kind": Case(
+        "data.jsonl [train]: column 'messages', line 1: expected a message with role and content (or from and value), "
+        "got {'speaker': 'user', 'text': 'Hi.'}",
+        files={"data.jsonl": jsonl([{"messages": [{"speaker": "user", "text": "Hi."}], "label": True}])},
+        script="kto",
+    ),
+    "a LLaMA-Factory KTO tag that is not true or false": Case(
+        "data.jsonl [train]: column 'kto_tag', line 1: expected true or false, got 'yes'",
+        files={"data.jsonl": jsonl([{"messages": MESSAGES + REPLY, "kto_tag": "yes"}])},
+        script="kto",
+    ),
+    "LLaMA-Factory KTO data without messages": Case(
+        "data.jsonl [train]: column 'messages', line 2: no messages (an empty list); end the list with the rated "
+        "assistant turn",
+        files={"data.jsonl": jsonl([{"messages": MESSAGES + REPLY, "label": True}, {"messages": [], "label": False}])},
+        script="kto",
+    ),
+    "an Alpaca history that is not pairs": Case(
+        "data.jsonl [train]: column 'history', line 1: expected [instruction, response] pairs, got ['Hi']",
+        files={"data.jsonl": jsonl([{**ALPACA, "history": [["Hi"]]}])},
+    ),
+    "an OpenAI input without messages": Case(
+        "data.jsonl [train]: column 'input', line 1: expected {messages: [...]}, got 'Review a film.'",
+        files={
+            "data.jsonl": jsonl([{"input": "Review a film.", "preferred_output": REPLY, "non_preferred_output": REPLY}])
+        },
+    ),
+    "mixture columns the data set lacks": Case(
+        "datasets[0]: columns lists 'answer', which 'data.jsonl' does not have (columns: prompt, chosen, rejected)",
+        {"datasets": [{"path": "data.jsonl", "columns": ["prompt", "answer"]}]},
     ),
     "dataset_columns naming no column": Case(
         "data.jsonl [train]: dataset_columns maps 'prompt' to 'question', which is not a column (columns: prompt, "
@@ -413,6 +608,13 @@ DATA_CASES = {
         files={"data.jsonl": jsonl(UNPAIRED)},
     ),
 }
+
+ALTERNATING_TEMPLATE = (
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 MODEL_CASES = {
     "base weights cut short": Case(
@@ -440,6 +642,28 @@ MODEL_CASES = {
             "plain_model": model_without_chat_template,
             "data.jsonl": jsonl([{"prompt": MESSAGES, "chosen": REPLY, "rejected": REPLY}] * 4),
         },
+    ),
+    "chat template that fails to render": Case(
+        "data.jsonl [train]: column 'prompt', line 1: the chat template 'template.jinja' cannot render this row "
+        "(list object has no element 3); fix the row, or set chat_template_path to a template that accepts it",
+        {"chat_template_path": "template.jinja"},
+        files={"template.jinja": "{{ messages[3]['content'] }}", "data.jsonl": jsonl([CHAT])},
+    ),
+    "roles that do not alternate as the template requires": Case(
+        "data.jsonl [train]: column 'prompt', line 2: the chat template 'template.jinja' cannot render this row "
+        "(Conversation roles must alternate user/assistant/user/assistant/...); fix the row, or set "
+        "chat_template_path to a template that accepts it",
+        {"chat_template_path": "template.jinja"},
+        files={
+            "template.jinja": ALTERNATING_TEMPLATE,
+            "data.jsonl": jsonl([CHAT, {**CHAT, "prompt": MESSAGES + MESSAGES}]),
+        },
+    ),
+    "chat template that is not Jinja": Case(
+        "the chat template 'template.jinja' is not a valid Jinja template (line 1: unexpected '}'); fix it, or set "
+        "chat_template_path to one that is",
+        {"chat_template_path": "template.jinja"},
+        files={"template.jinja": "{% for m in messages %}{{ m['content'] }{% endfor %}", "data.jsonl": jsonl([CHAT])},
     ),
     "chat template path that is neither": Case(
         "chat_template_path: 'template.txt' is neither a .jinja/.j2 file nor a tokenizer with a chat template",

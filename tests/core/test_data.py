@@ -1,5 +1,6 @@
 """Loading preference data in every supported source and format, the checks on it, and KTO's unpairing."""
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +9,7 @@ from transformers import AutoTokenizer
 from trl import ScriptArguments
 from trl.data_utils import unpair_preference_dataset
 
+from prefopt.config import RunArguments
 from prefopt.data import load_preference_data, load_preference_dataset, unpaired_shuffled
 from tests.helpers import write_jsonl
 
@@ -29,7 +31,7 @@ def tokenizer(demo_assets):
 
 def load(source, tokenizer, *, evaluate=False, max_length=64, unpaired_ok=False, **run_keys):
     """`load_preference_data` as the scripts call it, with the config keys it reads."""
-    run_args = SimpleNamespace(**{"dataset_columns": None, "test_size": None, **run_keys})
+    run_args = RunArguments(**run_keys)
     training_args = SimpleNamespace(eval_strategy="steps" if evaluate else "no", max_length=max_length, seed=0)
     return load_preference_data(
         ScriptArguments(dataset_name=str(source)), training_args, run_args, tokenizer, unpaired_ok
@@ -52,6 +54,7 @@ def test_parquet_csv_and_json_files(tmp_path, tokenizer, suffix):
 def test_directory_splits_by_file_name(tmp_path, tokenizer):
     write_jsonl(tmp_path / "train.jsonl", PAIRS[:30])
     write_jsonl(tmp_path / "test.jsonl", PAIRS[30:])
+    (tmp_path / "metadata.json").write_text('{"seed": 0}')  # no split's file: datasets leaves it, and so do the checks
     train, test = load(tmp_path, tokenizer, evaluate=True)
     assert (len(train), len(test)) == (30, 10)
 
@@ -99,3 +102,64 @@ def test_kto_unpairing_mixes_labels_in_every_batch():
     assert list(unpaired["completion"]) == list(
         unpaired_shuffled(paired, seed=42)["completion"]
     )  # the seed fixes the order
+
+
+LONG = {"prompt": "very long " * 40, "chosen": " b", "rejected": " c"}  # 82 tokens with the demo tokenizer
+
+
+def test_long_prompts_are_dropped_with_one_line(tmp_path, tokenizer, caplog):
+    path = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:10] + [LONG] + PAIRS[10:20] + [LONG])
+    with caplog.at_level(logging.WARNING, logger="prefopt.data"):
+        train, _ = load(path, tokenizer)
+    assert train.to_list() == PAIRS[:20]
+    assert caplog.messages == [
+        f"{path} [train]: dropped 2 of 22 rows whose prompt has max_length (64) tokens or more (longest 82), the first "
+        "at line 11: they leave no room for a completion; raise max_length to keep them"
+    ]
+
+
+def test_long_prompts_are_kept_under_dpos_keep_end_truncation(tmp_path, tokenizer):
+    """DPOTrainer keeps the end of prompt and completion then, and drops no row."""
+    path = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:10] + [LONG])
+    run_args = RunArguments()
+    training_args = SimpleNamespace(eval_strategy="no", max_length=64, seed=0, truncation_mode="keep_end")
+    train, _ = load_preference_data(ScriptArguments(dataset_name=str(path)), training_args, run_args, tokenizer)
+    assert len(train) == 11
+
+
+@pytest.mark.parametrize(
+    "rows, warning",
+    [
+        (
+            [{"prompt": f"Review {i}:", "chosen": " same.", "rejected": " same."} for i in range(4)],
+            "in every row chosen equals rejected: such pairs prefer nothing, so DPO and SimPO learn nothing from them, "
+            "and KTO is told each completion is both desirable and undesirable",
+        ),
+        (
+            [{"prompt": f"Review {i}:", "chosen": "", "rejected": " "} for i in range(4)],
+            "every completion (chosen, rejected) is empty: there is nothing to learn",
+        ),
+        (
+            [
+                {
+                    "prompt": CONVERSATIONS[0]["prompt"],
+                    "completion": [{"role": "assistant", "content": ""}],
+                    "label": True,
+                }
+            ],
+            "every completion (completion) is empty: there is nothing to learn",
+        ),
+    ],
+)
+def test_data_that_teaches_nothing_is_warned_about_at_start(rows, warning, tmp_path, tokenizer, caplog):
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="prefopt.data"):
+        load(path, tokenizer, unpaired_ok=True)
+    assert caplog.messages == [f"{path} [train]: {warning}"]
+
+
+def test_data_with_something_to_learn_gets_no_warning(tmp_path, tokenizer, caplog):
+    rows = [{**row, "rejected": row["chosen"]} for row in PAIRS[:3]] + PAIRS[3:6]  # some equal pairs, not all
+    with caplog.at_level(logging.WARNING, logger="prefopt.data"):
+        load(write_jsonl(tmp_path / "pairs.jsonl", rows), tokenizer)
+    assert caplog.messages == []

@@ -11,6 +11,7 @@ from trl import DPOConfig
 
 from prefopt.config import parse_args
 from prefopt.errors import UserError
+from prefopt.mixtures import HandbookDataset, HandbookMixture
 from simpo import SimPOConfig
 from tests.helpers import run_script
 
@@ -117,7 +118,7 @@ def test_handbook_qlora_recipe_values_carry_over(tmp_path, monkeypatch, caplog):
     assert (model_args.dtype, model_args.load_in_4bit, training_args.dataset_num_proc) == ("bfloat16", True, 12)
     assert notes(caplog) == [
         "'max_prompt_length: 512' is ignored: TRL 1.16 removed it, and only max_length truncates, cutting the end of "
-        "each completion (prompts of max_length tokens or more are reported before training)",
+        "each completion (rows whose prompt has max_length tokens or more are dropped before training, with a note)",
         "'torch_dtype: bfloat16' is now 'dtype: bfloat16'",
         "'dataset_mixer: {HuggingFaceH4/ultrafeedback_binarized: 1.0}' is now "
         "'dataset_name: HuggingFaceH4/ultrafeedback_binarized'",
@@ -128,18 +129,39 @@ def test_handbook_qlora_recipe_values_carry_over(tmp_path, monkeypatch, caplog):
     ]
 
 
+def test_handbook_mixtures_are_read_as_the_handbook_reads_them(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    recipe = RECIPES / "handbook_zephyr-7b-beta_dpo_config_full.yaml"
+    _, _, _, run_args = parse_args(DPOConfig, ["--config", str(recipe), "--use_cpu", "true"])
+    columns = ["chosen", "rejected"]
+    assert run_args.dataset_mixture == HandbookMixture(
+        datasets=[
+            HandbookDataset("HuggingFaceH4/ultrafeedback_binarized", "default", "train_prefs", columns, 1.0),
+            HandbookDataset("HuggingFaceH4/ultrafeedback_binarized", "default", "test_prefs", columns, 1.0),
+        ],
+        seed=0,
+        test_split_size=2000,
+    )
+    recipe = RECIPES / "handbook_smollm3_dpo_apo.yaml"
+    _, _, _, run_args = parse_args(DPOConfig, ["--config", str(recipe), "--use_cpu", "true"])
+    mixture = run_args.dataset_mixture
+    assert [(dataset.id, dataset.config, dataset.weight) for dataset in mixture.datasets] == [
+        ("HuggingFaceTB/smoltalk2", "Preference", 0.5),
+        ("HuggingFaceTB/smoltalk2", "Preference", 0.25),
+    ]
+    assert (mixture.seed, mixture.test_split_size) == (None, None)  # the run's seed draws the rows here
+    assert (
+        "'overwrite_output_dir: true' is ignored: transformers 5 removed it: a run writes into output_dir whatever it "
+        "holds, and continues from its checkpoints only with resume_from_checkpoint: true" in notes(caplog)
+    )
+
+
 # recipe -> (the key refused, the line that replaces it as the message says, what then carries over)
 REFUSED = {
     "handbook_pref_align_scan_dpo_config_zephyr.yaml": (
         "push_to_hub_revision",
         "push_to_hub: true",
         "'hub_model_revision: dpo-beta-0.01' is now 'hub_revision: dpo-beta-0.01'",
-    ),
-    "handbook_smollm3_dpo_apo.yaml": (
-        "dataset_mixture",
-        "dataset_name: HuggingFaceTB/smoltalk2",
-        "'overwrite_output_dir: true' is ignored: transformers 5 removed it: a run writes into output_dir whatever it "
-        "holds, and continues from its checkpoints only with resume_from_checkpoint: true",
     ),
     "simpo_gemma-2-9b-it-simpo.yaml": (
         "chat_template",
