@@ -444,15 +444,6 @@ def _check_data_settings(script_args, run_args: RunArguments, where: str) -> Non
             raise UserError(f"{where}: {message}")
 
 
-# A hub id is `name` or `org/name`; anything else (./x, /abs/path, a/b/c) is meant as a local path.
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-def _is_local(path: str) -> bool:
-    """A path is local if it exists, is not hub-id shaped, or starts in a local directory (models/x, data/x)."""
-    return Path(path).exists() or not _HUB_ID.match(path) or Path(path.split("/")[0]).is_dir()
-
-
 def _mixture_sources(run_args: RunArguments) -> list[tuple[str, str]]:
     """(key, path or hub id) of each data set of the mixture, TRL's or the handbook's; [] without one."""
     if run_args.dataset_mixture:

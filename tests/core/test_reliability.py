@@ -447,7 +447,7 @@ def run_on_small_disk(size: str, assets, data, tmp_path: Path, **env: str) -> tu
 def test_a_full_disk_during_a_save_stops_the_run_in_one_line_keeping_the_earlier_checkpoints(
     demo_assets, small_data, tmp_path
 ):
-    hook = {"PYTHONPATH": os.pathsep.join([str(PAUSE_HOOK), str(REPO)]), "PREFOPT_TEST_PAUSE_AT": "full 4"}
+    hook = paused_env("full 4", tmp_path / "paused")  # fills the disk as checkpoint-4's save begins, without pausing
     result, output_dir, saved = run_on_small_disk("tmpfs:8m", demo_assets, small_data, tmp_path, **hook)
     errors = error_lines(result.stderr)
     assert result.returncode == 2, result.stderr[-3000:]
