@@ -7,7 +7,6 @@ step, and resumes. A test hook (`pause_hook/sitecustomize.py`, on the runs' PYTH
 chosen moment until the test kills or signals it, so that the moment is hit every time however loaded the machine is.
 """
 
-import os
 import re
 import signal
 import subprocess
