@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+from trl import DatasetMixtureConfig
 
 from benchmark.configs import training_config
 from prefopt.config import RunArguments
@@ -51,6 +52,7 @@ def trl_simpo(arguments: list[str]) -> None:
 def trl_config(name: str, path: Path) -> Path:
     """The config `training_configs/<name>.yaml` without the keys that only our scripts know (merge, images_dir, ...)."""
     config = yaml.safe_load(training_config(name).read_text())
-    ours = {field.name for field in fields(RunArguments)}
+    # RunArguments extends TRL's DatasetMixtureConfig, whose keys (datasets, ...) TRL's scripts read too.
+    ours = {field.name for field in fields(RunArguments)} - {field.name for field in fields(DatasetMixtureConfig)}
     path.write_text(yaml.safe_dump({key: value for key, value in config.items() if key not in ours}))
     return path
