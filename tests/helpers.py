@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,38 @@ def run_command(command: list[str], cwd: Path = REPO, check: bool = True, **env:
     """Run `command` with `script_env`; with `check`, a failure shows the end of its output."""
     result = subprocess.run(command, cwd=cwd, env=script_env(**env), capture_output=True, text=True)
     if check and result.returncode != 0:
-        name = Path(command[1] if command[1] != "-m" else command[2]).name
+        name = command_name(command)
         raise AssertionError(f"{name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def command_name(command: list[str]) -> str:
+    """The script or module a Python command runs."""
+    return Path(command[1] if command[1] != "-m" else command[2]).name
+
+
+PAUSE_HOOK = Path(__file__).parent / "core" / "pause_hook"
+
+
+def start_paused(command: list[str], moment: str, log: Path, **env: str) -> subprocess.Popen:
+    """Start `command` with the pause hook on its PYTHONPATH, and return it once it has paused at `moment` (see
+    `tests/core/pause_hook/sitecustomize.py`); its output goes to `log`."""
+    paused = log.with_suffix(".paused")
+    env = script_env(
+        PYTHONPATH=os.pathsep.join([str(PAUSE_HOOK), str(REPO)]),
+        PREFOPT_TEST_PAUSE_AT=moment,
+        PREFOPT_TEST_PAUSED=str(paused),
+        **env,
+    )
+    with log.open("w") as output:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
+    deadline = time.monotonic() + 300
+    while not paused.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"{command_name(command)} did not pause at '{moment}':\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return process
 
 
 def training_args(algorithm: str, assets: DemoAssets, run_dir: Path, max_steps: int, *extra: str) -> list[str]:

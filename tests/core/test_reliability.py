@@ -8,9 +8,7 @@ time however loaded the machine is.
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from tests.helpers import (
     REPO,
     read_jsonl,
     run_script,
-    script_env,
+    start_paused,
     train_losses,
     training_args,
     write_checkpoint,
@@ -30,7 +28,6 @@ from tests.helpers import (
 )
 
 STEPS, SAVE_STEPS = 12, 4
-PAUSE_HOOK = Path(__file__).parent / "pause_hook"
 # One thread: two threads per run spun against each other on this loaded 2-core machine (a 12-step DPO run took 37 s
 # of training instead of 1 s).
 THREADS = {"OMP_NUM_THREADS": "1"}
@@ -59,23 +56,7 @@ def kill_test_args(algorithm, assets, data, run_dir, *extra):
 
 def run_until_killed(script: str, args: list, moment: str, log: Path) -> None:
     """Run `script` until it pauses at `moment` (see pause_hook), then SIGKILL it."""
-    paused = log.with_suffix(".paused")
-    env = script_env(
-        PYTHONPATH=os.pathsep.join([str(PAUSE_HOOK), str(REPO)]),
-        PREFOPT_TEST_PAUSE_AT=moment,
-        PREFOPT_TEST_PAUSED=str(paused),
-        **THREADS,
-    )
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=env, stdout=output, stderr=output
-        )
-    deadline = time.monotonic() + 300
-    while not paused.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"{script} did not pause at '{moment}':\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
+    process = start_paused([sys.executable, str(REPO / script), *map(str, args)], moment, log, **THREADS)
     process.send_signal(signal.SIGKILL)
     process.wait()
 

@@ -5,7 +5,8 @@ and nothing else does. `PREFOPT_TEST_PAUSE_AT` chooses the moment:
 
 - `save N`: during the save of checkpoint N, after its weights and optimizer state, with its scheduler state cut
   short halfway, as a kill in the middle of writing leaves a file;
-- `step N`: as optimizer step N begins.
+- `step N`: as optimizer step N begins;
+- `merge saved`: once a model's weights are saved into the staging directory of a merge (`.<name>.tmp-<pid>`).
 
 The run then creates the file named by `PREFOPT_TEST_PAUSED` and sleeps until it is killed.
 """
@@ -26,7 +27,16 @@ if os.environ.get("PREFOPT_TEST_PAUSE_AT"):
         Path(os.environ["PREFOPT_TEST_PAUSED"]).touch()
         time.sleep(600)
 
-    if moment == "save":
+    if moment == "merge":
+        save_pretrained = transformers.PreTrainedModel.save_pretrained
+
+        def save_then_pause(self, directory, *args, **kwargs):
+            save_pretrained(self, directory, *args, **kwargs)
+            if ".tmp-" in Path(directory).name:
+                pause()
+
+        transformers.PreTrainedModel.save_pretrained = save_then_pause
+    elif moment == "save":
         save = torch.save
 
         def save_cut_short(obj, f, *args, **kwargs):
