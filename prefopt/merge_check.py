@@ -318,11 +318,22 @@ def saved_model_problem(
     return None
 
 
+# Elements of a tensor checked for NaN and inf at a time: torch.isfinite's temporaries outgrow what it checks (341 MB
+# for 191 MB of float32), and on whole weights they raised the peak memory of a 1 GB model's merge by 0.25 GiB.
+FINITE_CHECK_BLOCK = 2**20
+
+
 def non_finite_tensor(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     """The first of the (name, tensor) pairs holding NaN or infinite values, as "'name' holds NaN" (inf, NaN and
     inf); None when all are finite."""
     for name, tensor in tensors:
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            kinds = [kind for kind, found in (("NaN", tensor.isnan().any()), ("inf", tensor.isinf().any())) if found]
-            return f"'{name}' holds {' and '.join(kinds)}"
+        if not tensor.is_floating_point():
+            continue
+        blocks = tensor.detach().reshape(-1).split(FINITE_CHECK_BLOCK)
+        if not all(torch.isfinite(block).all() for block in blocks):
+            found = [(kind, any(test(block).any() for block in blocks)) for kind, test in NON_FINITE]
+            return f"'{name}' holds {' and '.join(kind for kind, present in found if present)}"
     return None
+
+
+NON_FINITE = (("NaN", torch.isnan), ("inf", torch.isinf))
