@@ -321,6 +321,7 @@ def saved_model_problem(
 # Elements of a tensor checked for NaN and inf at a time: torch.isfinite's temporaries outgrow what it checks (341 MB
 # for 191 MB of float32), and on whole weights they raised the peak memory of a 1 GB model's merge by 0.25 GiB.
 FINITE_CHECK_BLOCK = 2**20
+NON_FINITE = (("NaN", torch.isnan), ("inf", torch.isinf))
 
 
 def non_finite_tensor(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
@@ -334,6 +335,3 @@ def non_finite_tensor(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None
             found = [(kind, any(test(block).any() for block in blocks)) for kind, test in NON_FINITE]
             return f"'{name}' holds {' and '.join(kind for kind, present in found if present)}"
     return None
-
-
-NON_FINITE = (("NaN", torch.isnan), ("inf", torch.isinf))

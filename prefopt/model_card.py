@@ -3,8 +3,9 @@
 Its YAML front matter names the base model by its hub id (left out when the base has none), `library_name:
 transformers`, tags (the algorithm, `lora` for an adapter, `trl`), the data set when it is a hub id, and the base's
 license when the base's own card is at hand. The text says what was trained, on what, for how long on what hardware,
-and what the check measured; it names local directories by their name only. Other steps add their own section with
-`set_card_section` (the experiment's held-out evaluation, for instance).
+and what the check measured; it names a local base and the trained directory by their directory's name alone (the
+data as given). Other steps add their own section with `set_card_section` (the experiment's held-out evaluation, for
+instance).
 """
 
 import re
@@ -128,7 +129,7 @@ def hub_id(name_or_path: str) -> str | None:
     <commit>`); None for any other local directory.
 
     Its config.json does not tell: transformers 5 writes no `_name_or_path` there, and what earlier versions wrote is
-    what the model was loaded from when it was saved, as often a fine-tune's parent or a local path as its own id.
+    what the model was loaded from when it was saved, which may be a fine-tune's parent or a local path.
     """
     path = Path(name_or_path)
     if not path.exists():  # loaded from the hub by this name
