@@ -18,7 +18,7 @@ from prefopt.checkpoints import resume_checkpoint, with_atomic_checkpoints
 from prefopt.config import parse_args
 from prefopt.data import load_preference_data, unpaired_shuffled
 from prefopt.errors import UserError, exit_on_user_error
-from prefopt.merge import merge_adapter
+from prefopt.merge import publish_model
 from prefopt.merge_check import CheckBatch
 from prefopt.model_card import TrainingRun
 from prefopt.modeling import load_model, load_tokenizer
@@ -89,12 +89,13 @@ def main(script_args, training_args, model_args, run_args):
     trainer.save_state()
     del trainer, model
 
-    # Merge (checked against base + adapter on the run's own data) & plot, on the main process; the others wait
+    # The final model to merged_model_dir (the adapter merged into the base, or the full fine-tune), checked on the
+    # run's own data, & plot, on the main process; the others wait
     state = PartialState()
     if state.is_main_process:
         save_resource_usage(training_args.output_dir)
-        if run_args.merge and model_args.use_peft:  # a full fine-tune is already whole in output_dir
-            merge_adapter(
+        if run_args.merge:
+            publish_model(
                 training_args.output_dir,
                 run_args.merged_model_dir,
                 model_args,

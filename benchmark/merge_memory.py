@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import ModelConfig
 
 from benchmark.runs import in_fresh_process
-from prefopt.merge import merge_adapter
+from prefopt.merge import publish_model
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +37,17 @@ def build_merge_assets(base_dir: Path, adapter_dir: Path, tokenizer_dir: Path, b
     model.save_pretrained(base_dir)
     adapter = get_peft_model(model, LoraConfig(**MERGE_LORA, init_lora_weights=False))
     adapter.save_pretrained(adapter_dir)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(adapter_dir)  # merge_adapter saves it with the model
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(adapter_dir)  # publish_model saves it with the model
 
 
 def measure_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict:
-    """`prefopt.merge.merge_adapter` as the scripts call it, its check on fixed texts included, in this (fresh)
+    """`prefopt.merge.publish_model` as the scripts call it, its check on fixed texts included, in this (fresh)
     process: its peak RSS and time."""
     runtime_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Python and the libraries, no model yet
     start = time.perf_counter()
-    merge_adapter(adapter_dir, merged_dir, ModelConfig(model_name_or_path=str(base_dir), dtype="float32"))
+    publish_model(
+        adapter_dir, merged_dir, ModelConfig(model_name_or_path=str(base_dir), dtype="float32", use_peft=True)
+    )
     return {
         "runtime_rss_bytes": runtime_rss,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

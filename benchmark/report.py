@@ -213,7 +213,7 @@ def merge_markdown(report: dict) -> str:
         (
             f"- Model: a random Llama ({', '.join(f'{key} {value}' for key, value in report['base_config'].items())}) "
             f"saved in {' and in '.join(report['summary'])}; adapter: LoRA "
-            f"{', '.join(f'{key} {value}' for key, value in MERGE_LORA.items())}. `prefopt.merge.merge_adapter` "
+            f"{', '.join(f'{key} {value}' for key, value in MERGE_LORA.items())}. `prefopt.merge.publish_model` "
             "into the base's dtype, with its check on fixed texts, each run in a fresh process; median of "
             f"{len(report['runs']) // len(report['summary'])} runs."
         ),

@@ -42,7 +42,10 @@ class RunArguments(DatasetMixtureConfig):
 
     merge: bool = field(
         default=True,
-        metadata={"help": "Merge the trained LoRA adapter into the base model and save it to `merged_model_dir`."},
+        metadata={
+            "help": "After training, merge the LoRA adapter into the base model (with use_peft false, take the full "
+            "fine-tune) and save it, checked, to `merged_model_dir`."
+        },
     )
     merged_model_dir: str | None = field(
         default=None,
@@ -51,9 +54,9 @@ class RunArguments(DatasetMixtureConfig):
     merged_dtype: str | None = field(
         default=None,
         metadata={
-            "help": "The merged weights' dtype: float32, bfloat16 or float16. Defaults to the base model's saved "
-            "dtype. bfloat16 and float16 round away the part of the adapter's update below half a unit in the last "
-            "place of each weight; merge_report.json says how much of its effect was kept."
+            "help": "The merged (or fully fine-tuned) weights' dtype: float32, bfloat16 or float16. Defaults to the "
+            "base model's saved dtype. bfloat16 and float16 round away the part of the training's update below half a "
+            "unit in the last place of each weight; merge_report.json says how much of its effect was kept."
         },
     )
     overwrite_merged: bool = field(

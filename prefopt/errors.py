@@ -2,13 +2,17 @@
 are a user's to fix, turned into one."""
 
 import contextlib
+import errno
 import os
+import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from accelerate import PartialState
 from huggingface_hub import is_offline_mode
 from huggingface_hub.errors import LocalEntryNotFoundError
+from safetensors import SafetensorError
 
 
 class UserError(Exception):
@@ -58,6 +62,42 @@ def reported_if_hub_unreachable(key: str, repo_id: str, repo_type: str = "model"
             f"{key}: could not reach the Hugging Face Hub{offline} for '{repo_id}', and nothing is cached for it; "
             f"download it where the hub is reachable ({download}) and set {key} to DIR"
         ) from None
+
+
+# What stops a save whatever is saved: the disk (a full one, or a quota) or the directory (read-only, no permission).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def reported_if_disk_refuses(what: str, directory: Path, size: str, consequence: str) -> Iterator[None]:
+    """Turn a full disk or an unwritable directory met while saving `what` into `directory` into a `UserError`: one
+    line naming the directory and, for a full disk, what the save needs (`size`), then `consequence`."""
+    try:
+        yield
+    except Exception as error:
+        number = os_error_number(error)
+        if number in DISK_FULL:
+            problem = f"no space left on its disk, and the save needs {size}; free some space"
+        elif number in NOT_WRITABLE:
+            problem = f"'{directory.parent}' is not writable ({os.strerror(number)}); make it writable"
+        else:
+            raise
+        raise UserError(
+            f"cannot save {what} in '{directory}': {problem} or choose another directory; {consequence}"
+        ) from None
+
+
+def os_error_number(error: BaseException) -> int | None:
+    """The OS error behind `error`: an `OSError`'s errno, or the "(os error N)" in the text of safetensors' own
+    `SafetensorError`, which carries no errno."""
+    if isinstance(error, OSError):
+        return error.errno
+    if not isinstance(error, SafetensorError):
+        return None
+    # "(os error 28)" as safetensors 0.8 writes it; older versions wrote "IoError(Os { code: 28, ...".
+    found = re.search(r"\(os error (\d+)\)|code: (\d+)", str(error))
+    return int(found.group(1) or found.group(2)) if found else None
 
 
 def error_chain(error: BaseException) -> Iterator[BaseException]:

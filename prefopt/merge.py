@@ -1,50 +1,62 @@
-"""Merging a LoRA adapter into a full-precision copy of its base model, checked before the merged model is published.
+"""The run's final model to `merged_model_dir`, checked before it is published: a LoRA adapter merged into a
+full-precision copy of its base model, or a full fine-tune as the trainer saved it.
 
     python -m prefopt.merge outputs/dpo_v1 --out models/dpo_v1_float32 --merged_dtype float32
     python -m prefopt.merge path/to/adapter --base Qwen/Qwen2.5-0.5B-Instruct --out models/mine --dataset my_pairs.jsonl
 
-The scripts merge after training; the command merges any PEFT adapter, from an earlier run or trained elsewhere, and
+The scripts publish after training; the command merges any PEFT adapter, from an earlier run or trained elsewhere, and
 writes the same `merge_report.json` and model card. Without --dataset it checks on fixed texts
 (`prefopt.merge_check.FIXED_TEXTS`); --base defaults to the base the adapter names.
 
-The check compares logits on a few examples (`prefopt.merge_check`), holding one model at a time:
-1. the base in its saved dtype (in float32 if `merged_dtype` differs) with the adapter attached by PEFT, unmerged:
-   its logits a, in float32, are the reference and the only logits kept; with the adapter disabled, the base alone
-   measures the adapter's effect;
-2. the adapter merged and the weights cast to `merged_dtype`, saved to a staging directory: the merged model d;
-3. with QLoRA, the 4-bit base with the adapter, as trained: the gap between what training saw and the merge;
-4. the merged model reloaded from staging, exactly as saved: c, whose distance from a is the report's.
-Rounding to `merged_dtype` explains the loss when c measures as d did and the saved model's structure (tensor names,
-shapes, dtype, tied embeddings, tokenizer) is sound; a float32 merge rounds nothing, so it must match a. Anything
-else is a failure: the staging directory is dropped, and the adapter and any earlier merged model stay.
+The check compares logits on a few examples (`prefopt.merge_check`), holding one model at a time. For an adapter:
+1. with QLoRA, the 4-bit base with the adapter, as trained: its logits, kept until the reference is known, give the
+   gap between what training saw and the merge;
+2. the base in its saved dtype (in float32 if `merged_dtype` differs) with the adapter attached by PEFT, unmerged:
+   its logits a, in float32, are the reference; with the adapter disabled, the base alone measures the adapter's
+   effect;
+3. the adapter merged and the weights cast to `merged_dtype`: the merged model d.
+For a full fine-tune: the base's logits, kept until the trained model's are known, measure the training's effect;
+the trained model, as the trainer saved it in output_dir (gathered, under ZeRO-3 or FSDP), gives the reference a,
+and cast to `merged_dtype` it is d. Then d is saved to a staging directory and reloaded exactly as saved: c, whose
+distance from a is the report's. Rounding to `merged_dtype` explains the loss when c measures as d did and the saved
+model's structure (tensor names, shapes, dtype, tied embeddings, tokenizer) is sound; a float32 save rounds nothing,
+so it must match a. Anything else is a failure, and so are NaN or infinite weights: the staging directory is
+dropped, and what was trained and any earlier model in `merged_model_dir` stay.
 """
 
 import argparse
 import gc
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate.utils.memory import clear_device_cache
 from peft import PeftConfig, PeftModel
+from peft.utils import load_peft_weights
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from trl import ModelConfig, ScriptArguments, get_quantization_config
 
-from prefopt.atomic import atomic_directory
+from prefopt.atomic import atomic_directory, remove_leftovers
 from prefopt.config import MERGED_DTYPES, RunArguments
 from prefopt.data import load_preference_dataset
-from prefopt.errors import UserError, exit_on_user_error
+from prefopt.errors import UserError, exit_on_user_error, reported_if_disk_refuses
 from prefopt.locking import lock_outputs
 from prefopt.merge_check import (
+    ADAPTER_MERGE,
+    FULL_FINE_TUNE,
     CheckBatch,
     LogitGap,
     MergedModel,
+    Published,
     embeddings_tied,
     example_logits,
     float32_arithmetic,
+    non_finite_tensor,
+    published_in,
     saved_model_problem,
 )
 from prefopt.model_card import TrainingRun, write_model_card
@@ -52,13 +64,26 @@ from prefopt.modeling import load_model
 from prefopt.run import configure_logging
 
 REPORT_FILE = "merge_report.json"
-MIN_SHARE_KEPT = 0.99  # below it, a half-precision merge warns and names merged_dtype: float32
+MIN_SHARE_KEPT = 0.99  # below it, a half-precision save warns and names merged_dtype: float32
 
 logger = logging.getLogger("prefopt.merge")  # also when run as `python -m prefopt.merge`
 
 
-def merge_adapter(
-    adapter_dir: str | Path,
+@dataclass
+class Candidate:
+    """The model to publish, in memory in its final dtype, and what its check compares it with."""
+
+    model: PreTrainedModel | None  # dropped once saved, before the saved copy loads
+    reference: list[torch.Tensor]  # the logits it must reproduce, in float32
+    effect: LogitGap  # the base's logits against the reference: what training changed
+    base_dtype: torch.dtype
+    shapes: dict[str, tuple[int, ...]]  # the tensors it must have
+    tied: bool  # whether its word embeddings stay one weight
+    fields: dict  # the report's own entries for an adapter merge or a full fine-tune
+
+
+def publish_model(
+    trained_dir: str | Path,
     merged_dir: str | Path,
     model_args: ModelConfig,
     check_batch: CheckBatch = CheckBatch(),
@@ -66,108 +91,200 @@ def merge_adapter(
     trust_remote_code: bool = False,
     training: TrainingRun | None = None,
 ) -> dict:
-    """Save base model + adapter as one plain transformers model, with the adapter's tokenizer, a merge report and a
-    model card, once the check (module docstring) has passed; return the report.
+    """Save the model a run trained in `trained_dir` to `merged_dir` as one plain transformers model, with the
+    trained tokenizer, a report of its check (`merge_report.json`) and a model card, once the check (module
+    docstring) has passed; return the report.
 
-    The base is reloaded unquantized even after QLoRA: merging into 4-bit weights would round the update away.
-    `merged_dtype` (float32, bfloat16, float16) defaults to the base's saved dtype. `merged_dir` appears only once
-    complete and checked; a failed check raises `UserError`, and a previous model there survives any failure.
+    With `model_args.use_peft`, the LoRA adapter is merged into the base, reloaded unquantized even after QLoRA:
+    merging into 4-bit weights would round the update away. Otherwise `trained_dir` holds a full fine-tune, saved as
+    trained. `merged_dtype` (float32, bfloat16, float16) defaults to the base's saved dtype. `merged_dir` appears
+    only once complete and checked; a failed check, a full disk or an unwritable directory raises `UserError`, and a
+    previous model there survives any failure. The caller holds `merged_dir`'s lock (`lock_outputs`): leftovers of
+    killed runs beside it are removed.
     """
-    adapter_dir, merged_dir = Path(adapter_dir), Path(merged_dir)
+    trained_dir, merged_dir = Path(trained_dir), Path(merged_dir)
+    # By the run's settings, never by the files: output_dir may still hold an earlier run's adapter.
+    published = ADAPTER_MERGE if model_args.use_peft else FULL_FINE_TUNE
     clear_device_cache(garbage_collection=True)  # what the trainer held, once its objects are deleted
     # After a ZeRO-3 run from_pretrained would still shard the base over the processes, which wait for this one.
     unset_hf_deepspeed_config()
-    tokenizer = adapter_tokenizer(adapter_dir, model_args, trust_remote_code)
+    tokenizer = trained_tokenizer(trained_dir, model_args, trust_remote_code)
     token_ids = check_batch.token_ids(tokenizer)
-
-    # 1. Base + adapter, unmerged: the reference logits; the base alone: the adapter's effect
-    base = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype="auto",
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
+    prepare = merged_adapter if model_args.use_peft else full_fine_tune
+    candidate = prepare(trained_dir, merged_dir, model_args, token_ids, merged_dtype, trust_remote_code)
+    dtype = candidate.model.dtype
+    problem = non_finite_tensor(candidate.model.named_parameters())
+    if problem:
+        if dtype == torch.float16:
+            problem += " (float16 holds at most 65504: set merged_dtype: bfloat16 or float32)"
+        raise check_failed(published, trained_dir, merged_dir, f"in {dtype_name(dtype)}, {problem}")
+    with float32_arithmetic(candidate.model):
+        rounded = LogitGap.measure(candidate.model, token_ids, candidate.reference)
+    largest_logit = max(logits.abs().max().item() for logits in candidate.reference)
+    expected = MergedModel(
+        candidate.shapes, dtype, candidate.tied, token_ids, rounded, largest_logit, published.reference
     )
-    base_dtype = base.dtype
-    dtype = getattr(torch, merged_dtype) if merged_dtype else base_dtype
-    if dtype != base_dtype:  # merged in float32, then rounded once
-        cast_parameters(base, torch.float32)
-    base_shapes = {name: tuple(tensor.shape) for name, tensor in base.state_dict().items()}
-    embeddings = tied_embeddings(base)
-    model = PeftModel.from_pretrained(base, adapter_dir)
-    with float32_arithmetic(model):
-        reference = list(example_logits(model, token_ids))
-        with model.disable_adapter():
-            effect = LogitGap.measure(model, token_ids, reference)
+    num_parameters = sum(parameter.numel() for parameter in candidate.model.parameters())
 
-    # 2. Merged, rounded into the merged dtype, saved to staging
-    tied = prepare_tied_embeddings(model, embeddings)
-    merged = model.merge_and_unload()
-    cast_parameters(merged, dtype)
-    num_parameters = sum(parameter.numel() for parameter in merged.parameters())
-    with atomic_directory(merged_dir) as staging:
-        merged.save_pretrained(staging)
+    for leftover in remove_leftovers(merged_dir):
+        logger.info("removed %s, left by a run killed while saving to %s", leftover, merged_dir)
+    needed = format_size(dtype.itemsize * num_parameters)
+    saving = reported_if_disk_refuses("the model", merged_dir, needed, kept(published, trained_dir, merged_dir))
+    with saving, atomic_directory(merged_dir) as staging:
+        candidate.model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        with float32_arithmetic(merged):
-            rounded = LogitGap.measure(merged, token_ids, reference)
-        largest_logit = max(logits.abs().max().item() for logits in reference)
-        expected = MergedModel(base_shapes, dtype, tied, token_ids, rounded, largest_logit)
-        del base, model, merged, embeddings
+        candidate.model = None
         gc.collect()
 
-        # 3. QLoRA: the 4-bit base + adapter that training saw
-        qlora_gap = None
-        if get_quantization_config(model_args) is not None:
-            trained = PeftModel.from_pretrained(load_model(model_args, trust_remote_code), adapter_dir)
-            qlora_gap = LogitGap.measure(trained, token_ids, reference)
-            del trained
-            clear_device_cache(garbage_collection=True)
-
-        # 4. The merged model exactly as saved
+        # The model exactly as saved
         saved = AutoModelForCausalLM.from_pretrained(
             staging, dtype="auto", trust_remote_code=trust_remote_code, use_safetensors=True
         )
         with float32_arithmetic(saved):
-            gap = LogitGap.measure(saved, token_ids, reference)
+            gap = LogitGap.measure(saved, token_ids, candidate.reference)
         saved_token_ids = check_batch.token_ids(
             AutoTokenizer.from_pretrained(staging, trust_remote_code=trust_remote_code)
         )
         problem = saved_model_problem(saved, saved_token_ids, gap, expected)
         del saved
         if problem is not None:
-            kept = "is left as it was" if merged_dir.exists() else "was not written"
-            raise UserError(f"merge check failed: {problem}; the adapter in {adapter_dir} is kept, {merged_dir} {kept}")
+            raise check_failed(published, trained_dir, merged_dir, problem)
 
-        share = gap.share_kept(effect)
+        share = gap.share_kept(candidate.effect)
         report = {
-            "adapter": str(adapter_dir),
+            published.key: str(trained_dir),
             "base_model": model_args.model_name_or_path,
             "check_batch": {"source": check_batch.describe(), "examples": len(token_ids), "positions": gap.positions},
-            "base_dtype": dtype_name(base_dtype),
+            "base_dtype": dtype_name(candidate.base_dtype),
             "merged_dtype": dtype_name(dtype),
-            "word_embeddings": "tied" if tied else "untied",
+            "word_embeddings": "tied" if candidate.tied else "untied",
             "max_abs_logit_diff": gap.max_abs,
             "mean_kl": gap.mean_kl,
             "share_kept": share,
-            "adapter_effect_max_abs_logit_diff": effect.max_abs,
-            "qlora_gap": qlora_gap.summary() if qlora_gap else None,
-            "warning": rounding_warning(share, dtype, gap, effect, num_parameters),
+            published.effect_key: candidate.effect.max_abs,
+            **candidate.fields,
+            "warning": rounding_warning(published, share, dtype, gap, candidate.effect, num_parameters),
         }
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
         write_model_card(staging, merged_dir.name, report, training, check_batch.dataset)
-    logger.info("merged %s into %s -> %s", adapter_dir, model_args.model_name_or_path, merged_dir)
+    source = (
+        f"merged {trained_dir} into {model_args.model_name_or_path}" if model_args.use_peft else f"saved {trained_dir}"
+    )
+    logger.info("%s -> %s", source, merged_dir)
     logger.info(report_line(report))
     if report["warning"]:
-        logger.warning("merge check: %s", report["warning"])
+        logger.warning("%s: %s", published.check, report["warning"])
     return report
 
 
-def adapter_tokenizer(
-    adapter_dir: Path, model_args: ModelConfig, trust_remote_code: bool = False
+def merged_adapter(
+    adapter_dir: Path,
+    merged_dir: Path,
+    model_args: ModelConfig,
+    token_ids: list[list[int]],
+    merged_dtype: str | None,
+    trust_remote_code: bool,
+) -> Candidate:
+    """The adapter merged into its base, in `merged_dtype`, with the logits of base + adapter, unmerged."""
+    problem = non_finite_tensor(load_peft_weights(str(adapter_dir), device="cpu").items())
+    if problem:
+        raise check_failed(ADAPTER_MERGE, adapter_dir, merged_dir, f"the adapter's {problem}: {DIVERGED}")
+
+    # 1. QLoRA: the 4-bit base + adapter that training saw
+    qlora_logits = None
+    if get_quantization_config(model_args) is not None:
+        trained = PeftModel.from_pretrained(load_model(model_args, trust_remote_code), adapter_dir)
+        qlora_logits = list(example_logits(trained, token_ids))
+        del trained
+        clear_device_cache(garbage_collection=True)
+
+    # 2. Base + adapter, unmerged: the reference logits; the base alone: the adapter's effect
+    base = load_base(model_args, trust_remote_code)
+    base_dtype = base.dtype
+    dtype = getattr(torch, merged_dtype) if merged_dtype else base_dtype
+    if dtype != base_dtype:  # merged in float32, then rounded once
+        cast_parameters(base, torch.float32)
+    shapes = {name: tuple(tensor.shape) for name, tensor in base.state_dict().items()}
+    embeddings = tied_embeddings(base)
+    model = PeftModel.from_pretrained(base, adapter_dir)
+    with float32_arithmetic(model):
+        reference = list(example_logits(model, token_ids))
+        with model.disable_adapter():
+            effect = LogitGap.measure(model, token_ids, reference)
+    qlora_gap = LogitGap.between(qlora_logits, reference).summary() if qlora_logits else None
+
+    # 3. Merged, rounded into the merged dtype
+    tied = prepare_tied_embeddings(model, embeddings)
+    merged = model.merge_and_unload()
+    cast_parameters(merged, dtype)
+    return Candidate(merged, reference, effect, base_dtype, shapes, tied, {"qlora_gap": qlora_gap})
+
+
+def full_fine_tune(
+    trained_dir: Path,
+    merged_dir: Path,
+    model_args: ModelConfig,
+    token_ids: list[list[int]],
+    merged_dtype: str | None,
+    trust_remote_code: bool,
+) -> Candidate:
+    """The fully fine-tuned model the trainer saved, in `merged_dtype`, with its logits as saved."""
+    # The base's logits are kept (one more set, as large as the reference) until the trained model's are known.
+    base = load_base(model_args, trust_remote_code)
+    base_dtype = base.dtype
+    with float32_arithmetic(base):
+        base_logits = list(example_logits(base, token_ids))
+    del base
+    gc.collect()
+
+    trained = AutoModelForCausalLM.from_pretrained(
+        trained_dir, dtype="auto", trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+    problem = non_finite_tensor(trained.named_parameters())
+    if problem:
+        raise check_failed(FULL_FINE_TUNE, trained_dir, merged_dir, f"the trained model's {problem}: {DIVERGED}")
+    with float32_arithmetic(trained):
+        reference = list(example_logits(trained, token_ids))
+    effect = LogitGap.between(base_logits, reference)
+    trained_dtype = trained.dtype
+    shapes = {name: tuple(tensor.shape) for name, tensor in trained.state_dict().items()}
+    cast_parameters(trained, getattr(torch, merged_dtype) if merged_dtype else base_dtype)
+    fields = {"trained_dtype": dtype_name(trained_dtype)}
+    return Candidate(trained, reference, effect, base_dtype, shapes, embeddings_tied(trained), fields)
+
+
+DIVERGED = "training diverged; train again with a lower learning_rate"
+
+
+def check_failed(published: Published, trained_dir: Path, merged_dir: Path, problem: str) -> UserError:
+    """The one line of a failed check: what failed, and that nothing trained or published before is lost."""
+    return UserError(f"{published.check} failed: {problem}; {kept(published, trained_dir, merged_dir)}")
+
+
+def kept(published: Published, trained_dir: Path, merged_dir: Path) -> str:
+    """What a failure leaves: what was trained, and `merged_dir` as it was."""
+    left = "is left as it was" if merged_dir.exists() else "was not written"
+    return f"{published.trained} in {trained_dir} is kept, {merged_dir} {left}"
+
+
+def load_base(model_args: ModelConfig, trust_remote_code: bool) -> PreTrainedModel:
+    """The base model unquantized, in its saved dtype."""
+    return AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype="auto",
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )
+
+
+def trained_tokenizer(
+    trained_dir: Path, model_args: ModelConfig, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
-    """The tokenizer saved with the adapter (the one training used, chat template included), else the base's."""
-    if (adapter_dir / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
+    """The tokenizer saved with the trained model or adapter (the one training used, chat template included), else
+    the base's."""
+    if (trained_dir / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(trained_dir, trust_remote_code=trust_remote_code)
     return AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
     )
@@ -224,15 +341,18 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def rounding_warning(
-    share: float | None, dtype: torch.dtype, gap: LogitGap, effect: LogitGap, num_parameters: int
+    published: Published, share: float | None, dtype: torch.dtype, gap: LogitGap, effect: LogitGap, num_parameters: int
 ) -> str | None:
-    """The warning of a half-precision merge that rounded away more than 1 - MIN_SHARE_KEPT of the adapter's effect."""
+    """The warning of a half-precision save that rounded away more than 1 - MIN_SHARE_KEPT of training's effect."""
     if dtype == torch.float32 or share is None or share >= MIN_SHARE_KEPT:
         return None
+    # Below 0 the rounding moved the logits further from the reference than the base is.
+    kept = f"{share:.1%}" if share > 0 else "none"
     return (
-        f"saving in {dtype_name(dtype)} kept {share:.1%} of the adapter's effect on the logits (max |logit diff| "
-        f"{gap.max_abs:.3g} from base + adapter, whose own effect is {effect.max_abs:.3g}); merged_dtype: float32 "
-        f"keeps all of it, at {format_size(4 * num_parameters)} instead of {format_size(dtype.itemsize * num_parameters)}"
+        f"saving in {dtype_name(dtype)} kept {kept} of {published.effect} on the logits (max |logit diff| "
+        f"{gap.max_abs:.3g} from {published.reference}, against an effect of {effect.max_abs:.3g}); merged_dtype: "
+        f"float32 keeps all of it, at {format_size(4 * num_parameters)} instead of "
+        f"{format_size(dtype.itemsize * num_parameters)}"
     )
 
 
@@ -241,15 +361,16 @@ def format_size(num_bytes: int) -> str:
 
 
 def report_line(report: dict) -> str:
-    """The merge report as one log line."""
-    share = "n/a (the adapter changes nothing)" if report["share_kept"] is None else f"{report['share_kept']:.1%}"
+    """The check's report as one log line."""
+    published = published_in(report)
+    share = "n/a (training changed nothing)" if report["share_kept"] is None else f"{report['share_kept']:.1%}"
     check = report["check_batch"]
     line = (
-        f"merge check ({report['merged_dtype']}, {check['examples']} examples of {check['source']}): max |logit diff| "
-        f"{report['max_abs_logit_diff']:.3g}, mean KL {report['mean_kl']:.3g}, share of the adapter's effect kept "
-        f"{share}"
+        f"{published.check} ({report['merged_dtype']}, {check['examples']} examples of {check['source']}): max |logit "
+        f"diff| {report['max_abs_logit_diff']:.3g}, mean KL {report['mean_kl']:.3g}, share of {published.effect} "
+        f"kept {share}"
     )
-    if report["qlora_gap"]:
+    if report.get("qlora_gap"):
         gap = report["qlora_gap"]
         line += (
             f"; QLoRA gap (4-bit base + adapter, as trained): max |logit diff| {gap['max_abs_logit_diff']:.3g}, "
@@ -294,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--out '{args.out}' already exists; pass --overwrite to replace it, or choose another --out")
     check_batch = check_batch_of(args.dataset) if args.dataset else CheckBatch()
     lock_outputs(args.out)
-    merge_adapter(args.adapter_dir, args.out, ModelConfig(model_name_or_path=base), check_batch, args.merged_dtype)
+    model_args = ModelConfig(model_name_or_path=base, use_peft=True)
+    publish_model(args.adapter_dir, args.out, model_args, check_batch, args.merged_dtype)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
-"""The check of a merge: the merged model's logits against those of the base with the adapter applied, unmerged.
+"""The check of a published model: its logits against those of the model it must reproduce, the reference (the base
+with the adapter applied, unmerged, or a full fine-tune as the trainer saved it).
 
 The check runs on a few examples (`CheckBatch`): the run's own data as the trainer sees it, or fixed texts. Logits
 are always computed in float32 arithmetic, whatever the weights' dtype (`float32_arithmetic`), so that differences
-measure the weights and not the rounding of half-precision matrix products. Only the reference logits (base +
-adapter) are kept; every other model's logits are reduced, example by example, to a `LogitGap` against them.
+measure the weights and not the rounding of half-precision matrix products. The reference logits are kept; every
+other model's logits are reduced, example by example, to a `LogitGap` against them.
 """
 
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -171,8 +172,13 @@ class LogitGap:
     def measure(
         cls, model: PreTrainedModel, token_ids: Sequence[list[int]], reference: Sequence[torch.Tensor]
     ) -> "LogitGap":
+        return cls.between(example_logits(model, token_ids), reference)
+
+    @classmethod
+    def between(cls, logits: Iterable[torch.Tensor], reference: Sequence[torch.Tensor]) -> "LogitGap":
+        """The gap of each example's logits from its reference logits, over the whole check batch."""
         gap = cls()
-        for logits, reference_logits in zip(example_logits(model, token_ids), reference):
+        for logits, reference_logits in zip(logits, reference):
             # A few positions at a time, so that the float64 temporaries stay small beside one example's logits.
             for chunk, reference_chunk in zip(logits.split(8), reference_logits.split(8)):
                 gap._add(chunk, reference_chunk)
@@ -214,6 +220,47 @@ def embeddings_tied(model: PreTrainedModel) -> bool:
     return output is not None and output.weight is model.get_input_embeddings().weight
 
 
+@dataclass(frozen=True)
+class Published:
+    """What a run publishes, in the words of its check's report, log line, messages and model card."""
+
+    key: str  # the report's key for the directory the trainer saved it in
+    trained: str  # what that directory holds
+    check: str  # the check's name
+    reference: str  # the model whose logits the published one must reproduce
+    compared: str  # the check, in a sentence
+    kl: str  # KL(reference || published)
+    effect: str  # the reference's logits against the base's: what training changed
+    effect_key: str  # the report's key for its largest logit difference
+
+
+ADAPTER_MERGE = Published(
+    key="adapter",
+    trained="the adapter",
+    check="merge check",
+    reference="base + adapter",
+    compared="the merged model as saved against the base with the adapter applied, unmerged",
+    kl="base + adapter ‖ merged",
+    effect="the adapter's effect",
+    effect_key="adapter_effect_max_abs_logit_diff",
+)
+FULL_FINE_TUNE = Published(
+    key="trained_model",
+    trained="the trained model",
+    check="save check",
+    reference="the trained model",
+    compared="the model as saved against the one the trainer saved",
+    kl="trained ‖ saved",
+    effect="the training's effect",
+    effect_key="training_effect_max_abs_logit_diff",
+)
+
+
+def published_in(report: dict) -> Published:
+    """What a check's report is of, by its keys."""
+    return ADAPTER_MERGE if ADAPTER_MERGE.key in report else FULL_FINE_TUNE
+
+
 # A float32 merge rounds nothing: its logits may differ from base + adapter only by float32 summation order, far
 # below this share of the largest logit. A tie merged on the wrong side moves them by 7 to 250.
 FLOAT32_TOLERANCE = 1e-4
@@ -221,35 +268,35 @@ FLOAT32_TOLERANCE = 1e-4
 
 @dataclass(frozen=True)
 class MergedModel:
-    """The merged model as the merge left it in memory, which the saved one must reproduce."""
+    """The model to publish as it is in memory before saving (merged, or fully fine-tuned, in its final dtype), which
+    the saved one must reproduce."""
 
-    shapes: dict[str, tuple[int, ...]]  # the base's tensors
+    shapes: dict[str, tuple[int, ...]]  # the tensors of the base (of the trained model, for a full fine-tune)
     dtype: torch.dtype
     tied: bool  # whether its word embeddings are one weight
-    token_ids: list[list[int]]  # the check batch, as the adapter's tokenizer encodes it
-    gap: LogitGap  # its logits against base + adapter
-    largest_logit: float  # of base + adapter on the check batch
+    token_ids: list[list[int]]  # the check batch, as the trained tokenizer encodes it
+    gap: LogitGap  # its logits against the reference
+    largest_logit: float  # of the reference on the check batch
+    reference: str = "base + adapter"  # what the reference logits are of, as messages name it
 
 
 def saved_model_problem(
     saved: PreTrainedModel, saved_token_ids: list[list[int]], gap: LogitGap, merged: MergedModel
 ) -> str | None:
-    """What is wrong with the merged model as saved, reloaded and measured (`gap`), or None.
+    """What is wrong with the model as saved, reloaded and measured (`gap`), or None.
 
-    Its tensors' names, shapes and dtype; its word embeddings tied as the merge left them; its tokenizer; its logits
-    against the merged model's; and, in float32, where nothing is rounded, against base + adapter's.
+    Its tensors' names, shapes and dtype; its word embeddings tied as they were in memory; its tokenizer; its logits
+    against those of the model before saving; and, in float32, where nothing is rounded, against the reference's.
     """
     shapes = {name: tuple(tensor.shape) for name, tensor in saved.state_dict().items()}
     missing, extra = sorted(merged.shapes.keys() - shapes.keys()), sorted(shapes.keys() - merged.shapes.keys())
     if missing:
         return f"the saved model has no tensor '{missing[0]}'"
     if extra:
-        return f"the saved model has a tensor '{extra[0]}' that the base model does not have"
+        return f"the saved model has a tensor '{extra[0]}' that the model before saving does not have"
     for name, shape in shapes.items():
         if shape != merged.shapes[name]:
-            return (
-                f"the saved model's '{name}' has shape {list(shape)} instead of the base's {list(merged.shapes[name])}"
-            )
+            return f"the saved model's '{name}' has shape {list(shape)} instead of {list(merged.shapes[name])}"
     for name, parameter in saved.named_parameters():
         if parameter.is_floating_point() and parameter.dtype != merged.dtype:
             return f"the saved model's '{name}' is {parameter.dtype} instead of {merged.dtype}"
@@ -257,15 +304,34 @@ def saved_model_problem(
         expected = "tied" if merged.tied else "untied"
         return f"the saved model's word embeddings should be {expected}: a tie was broken or created on saving"
     if saved_token_ids != merged.token_ids:
-        return "the saved tokenizer encodes the check examples differently from the adapter's tokenizer"
+        return "the saved tokenizer encodes the check examples differently from the trained tokenizer"
     if not gap.same_as(merged.gap):
         return (
-            f"the saved model's logits are {gap.max_abs:.3g} (max) from base + adapter, the merged model's "
-            f"{merged.gap.max_abs:.3g}: a tensor or the config was saved wrong"
+            f"the saved model's logits are {gap.max_abs:.3g} (max) from {merged.reference}, against "
+            f"{merged.gap.max_abs:.3g} before saving: a tensor or the config was saved wrong"
         )
     if merged.dtype == torch.float32 and gap.max_abs > FLOAT32_TOLERANCE * max(1.0, merged.largest_logit):
         return (
-            "in float32, which rounds nothing away, the merged model's logits differ from base + adapter by up to "
+            f"in float32, which rounds nothing away, the saved model's logits differ from {merged.reference} by up to "
             f"{gap.max_abs:.3g}"
         )
+    return None
+
+
+# Elements of a tensor checked for NaN and inf at a time: torch.isfinite's temporaries outgrow what it checks (341 MB
+# for 191 MB of float32), and on whole weights they raised the peak memory of a 1 GB model's merge by 0.25 GiB.
+FINITE_CHECK_BLOCK = 2**20
+NON_FINITE = (("NaN", torch.isnan), ("inf", torch.isinf))
+
+
+def non_finite_tensor(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The first of the (name, tensor) pairs holding NaN or infinite values, as "'name' holds NaN" (inf, NaN and
+    inf); None when all are finite."""
+    for name, tensor in tensors:
+        if not tensor.is_floating_point():
+            continue
+        blocks = tensor.detach().reshape(-1).split(FINITE_CHECK_BLOCK)
+        if not all(torch.isfinite(block).all() for block in blocks):
+            found = [(kind, any(test(block).any() for block in blocks)) for kind, test in NON_FINITE]
+            return f"'{name}' holds {' and '.join(kind for kind, present in found if present)}"
     return None

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def run_command(command: list[str], cwd: Path = REPO, check: bool = True, **env:
     """Run `command` with `script_env`; with `check`, a failure shows the end of its output."""
     result = subprocess.run(command, cwd=cwd, env=script_env(**env), capture_output=True, text=True)
     if check and result.returncode != 0:
-        name = Path(command[1] if command[1] != "-m" else command[2]).name
+        name = command_name(command)
         raise AssertionError(f"{name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
 
@@ -106,6 +107,29 @@ def can_mount() -> bool:
     """Whether `run_with_mount` can mount here."""
     command = ["unshare", "--mount", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", "/mnt"]
     return subprocess.run(command, capture_output=True).returncode == 0
+
+
+def command_name(command: list[str]) -> str:
+    """The script or module a Python command runs."""
+    return Path(command[1] if command[1] != "-m" else command[2]).name
+
+
+def start_paused(command: list, moment: str, log: Path, **env: str) -> tuple[subprocess.Popen, int]:
+    """Start `command` with the pause hook (`paused_env`) and wait until its run pauses at `moment`; its output goes
+    to `log`. Returns the process and the paused process's id (the script's, under a launcher)."""
+    paused = log.with_suffix(".paused")
+    command = list(map(str, command))
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=script_env(**paused_env(moment, paused), **env), stdout=output, stderr=output
+        )
+    deadline = time.monotonic() + 300
+    while not paused.exists() or not paused.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"{command_name(command)} did not pause at '{moment}':\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return process, int(paused.read_text())
 
 
 def training_args(algorithm: str, assets: DemoAssets, run_dir: Path, max_steps: int, *extra: str) -> list[str]:

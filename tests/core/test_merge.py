@@ -1,33 +1,42 @@
-"""The merge and its check: tied embeddings, broken saves, bfloat16 rounding, the model card and `python -m prefopt.merge`.
+"""The merge and its check: tied embeddings, broken saves, NaN and infinite weights, bfloat16 rounding, a full disk,
+a signal while saving, the model card and `python -m prefopt.merge`.
 
 The adapters here are built in code with a random, non-zero update (as a trained adapter's is), except the bfloat16
 one, which a real DPO run trains with a deliberately tiny update.
 """
 
+import errno
 import json
+import os
 import re
+import signal
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import modeling_utils
 from trl import ModelConfig
 
 from prefopt import merge_check
 from prefopt.errors import UserError
+from prefopt.locking import lock_outputs
 from prefopt.merge import main as merge_command
-from prefopt.merge import merge_adapter
+from prefopt.merge import publish_model
 from prefopt.merge_check import example_logits, float32_arithmetic
-from prefopt.model_card import base_license, set_card_section
+from prefopt.model_card import base_license, hub_id, set_card_section, write_model_card
 from tests.helpers import (
     DemoAssets,
     assert_merged_is_base_plus_adapter,
     front_matter,
     run_command,
     run_script,
+    start_paused,
     training_args,
 )
 
@@ -43,7 +52,9 @@ def make_adapter(base_dir, adapter_dir, **lora):
 
 
 def merge(adapter_dir, merged_dir, base_dir, **kwargs) -> dict:
-    return merge_adapter(adapter_dir, merged_dir, ModelConfig(model_name_or_path=str(base_dir)), **kwargs)
+    return publish_model(
+        adapter_dir, merged_dir, ModelConfig(model_name_or_path=str(base_dir), use_peft=True), **kwargs
+    )
 
 
 @pytest.mark.parametrize("changed, unchanged", [("lm_head", "embed_tokens"), ("embed_tokens", "lm_head")])
@@ -146,6 +157,150 @@ def test_a_broken_save_fails_the_merge_and_keeps_the_earlier_model(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["adapter", "merged"]  # no staging left behind
 
 
+def files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in directory.iterdir()}
+
+
+@pytest.fixture
+def adapter_and_earlier_model(demo_assets, tmp_path):
+    """An adapter of the demo base, and an earlier model where its merge goes (`merged`)."""
+    adapter = make_adapter(demo_assets.model_dir, tmp_path / "adapter")
+    merged_dir = tmp_path / "merged"
+    merged_dir.mkdir()
+    (merged_dir / "model.safetensors").write_text("an earlier merged model")
+    return adapter, merged_dir
+
+
+def merge_command_line(adapter, merged_dir) -> list[str]:
+    return [str(adapter), "--out", str(merged_dir), "--overwrite"]
+
+
+def refused_merge(adapter: Path, merged_dir: Path) -> str:
+    """The message of `python -m prefopt.merge` (its main, in this process) refusing to merge `adapter` into
+    `merged_dir`, once checked that the adapter and the earlier model are as they were and nothing else was left."""
+    before = {directory: files(directory) for directory in (adapter, merged_dir)}
+    with pytest.raises(UserError) as failure:
+        merge_command(merge_command_line(adapter, merged_dir))
+    assert {directory: files(directory) for directory in before} == before
+    assert sorted(path.name for path in merged_dir.parent.iterdir()) == [".merged.lock", "adapter", "merged"]
+    return str(failure.value)
+
+
+def test_nan_in_the_adapter_is_named_and_nothing_is_published(adapter_and_earlier_model):
+    adapter, merged_dir = adapter_and_earlier_model
+    name = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+    weights = load_file(adapter / "adapter_model.safetensors")
+    weights[name][0, 0] = float("nan")
+    save_file(weights, adapter / "adapter_model.safetensors")
+    assert refused_merge(adapter, merged_dir) == (
+        f"merge check failed: the adapter's '{name}' holds NaN: training diverged; train again with a lower "
+        f"learning_rate; the adapter in {adapter} is kept, {merged_dir} is left as it was"
+    )
+
+
+def test_a_weight_beyond_float16_is_named_when_saving_in_float16(demo_assets, tmp_path):
+    base_dir = tmp_path / "base"
+    model = AutoModelForCausalLM.from_pretrained(demo_assets.model_dir)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = 1e5
+    model.save_pretrained(base_dir)
+    AutoTokenizer.from_pretrained(demo_assets.model_dir).save_pretrained(base_dir)
+    adapter = make_adapter(base_dir, tmp_path / "adapter")
+    with pytest.raises(UserError) as failure:
+        merge(adapter, tmp_path / "merged", base_dir, merged_dtype="float16")
+    assert str(failure.value) == (
+        "merge check failed: in float16, 'model.layers.0.mlp.down_proj.weight' holds inf (float16 holds at most "
+        f"65504: set merged_dtype: bfloat16 or float32); the adapter in {adapter} is kept, {tmp_path / 'merged'} was "
+        "not written"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["adapter", "base"]
+
+
+def disk_full(monkeypatch, merged_dir):
+    """The weights' file fills the disk halfway, and safetensors raises what it raises then."""
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(bytes(4096))
+        raise SafetensorError(
+            f'Error while serializing: I/O error: No space left on device (os error 28) at path "{filename}"'
+        )
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save_file)
+
+
+def read_only(monkeypatch, merged_dir):
+    """The directory beside `merged_dir` refuses the staging directory, as a read-only file system does."""
+    mkdir = Path.mkdir
+
+    def refused_mkdir(path, *args, **kwargs):
+        if path.name.startswith(f".{merged_dir.name}.tmp-"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused_mkdir)
+
+
+@pytest.mark.parametrize(
+    "refusal, problem",
+    [
+        (disk_full, "no space left on its disk, and the save needs 1.74 MB; free some space"),
+        (read_only, "'{parent}' is not writable (Read-only file system); make it writable"),
+    ],
+    ids=["disk full", "read-only"],
+)
+def test_a_full_disk_or_a_read_only_directory_is_one_line_and_the_earlier_model_stays(
+    adapter_and_earlier_model, tmp_path, monkeypatch, refusal, problem
+):
+    adapter, merged_dir = adapter_and_earlier_model
+    refusal(monkeypatch, merged_dir)
+    assert refused_merge(adapter, merged_dir) == (
+        f"cannot save the model in '{merged_dir}': {problem.format(parent=tmp_path)} or choose another directory; "
+        f"the adapter in {adapter} is kept, {merged_dir} is left as it was"
+    )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_saving_removes_the_staging_directory(adapter_and_earlier_model, tmp_path, stop):
+    """`python -m prefopt.merge` stopped once the merged weights are in its staging directory."""
+    adapter, merged_dir = adapter_and_earlier_model
+    before = {directory: files(directory) for directory in (adapter, merged_dir)}
+    command = [sys.executable, "-m", "prefopt.merge", *merge_command_line(adapter, merged_dir)]
+    process, _ = start_paused(command, "merge saved", tmp_path / "merge.log")
+    (staging,) = tmp_path.glob(".merged.tmp-*")
+    assert (staging / "model.safetensors").is_file()
+    process.send_signal(stop)
+    # SystemExit(143) for SIGTERM; for SIGINT, KeyboardInterrupt, with which Python ends by the signal itself
+    assert process.wait(timeout=120) == {signal.SIGTERM: 143, signal.SIGINT: -signal.SIGINT}[stop]
+    assert {directory: files(directory) for directory in before} == before
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == [".merged.lock", "adapter", "merge.log", "merge.paused", "merged"]
+
+
+def test_a_merge_removes_what_killed_merges_left(adapter_and_earlier_model, demo_assets, tmp_path, caplog):
+    adapter, merged_dir = adapter_and_earlier_model
+    leftovers = [tmp_path / ".merged.old-4242", tmp_path / ".merged.tmp-4243"]
+    for path in leftovers:
+        path.mkdir()
+        (path / "model.safetensors").write_text("what a merge killed by SIGKILL left")
+    with caplog.at_level("INFO", logger="prefopt.merge"):
+        merge_command(merge_command_line(adapter, merged_dir))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".merged.lock", "adapter", "merged"]
+    for path in leftovers:
+        assert f"removed {path}, left by a run killed while saving to {merged_dir}" in caplog.messages
+    assert_merged_is_base_plus_adapter(merged_dir, demo_assets.model_dir, adapter)
+
+
+def test_the_staging_directory_of_a_live_run_is_left_alone(adapter_and_earlier_model, tmp_path):
+    """A run that holds the lock may be writing its staging directory: a second merge refuses and removes nothing."""
+    adapter, merged_dir = adapter_and_earlier_model
+    writing = tmp_path / ".merged.tmp-4243"
+    writing.mkdir()
+    lock_outputs(merged_dir)  # as the live run holds it
+    with pytest.raises(UserError, match=re.escape(f"another run is writing to '{merged_dir}'")):
+        merge_command(merge_command_line(adapter, merged_dir))
+    assert writing.is_dir()
+
+
 @pytest.fixture(scope="module")
 def bfloat16_run(demo_assets, tmp_path_factory):
     """dpo.py on a bfloat16 copy of the demo base, 3 steps at lr 5e-6: an update mostly below bfloat16's resolution."""
@@ -225,3 +380,29 @@ def test_license_comes_from_the_base_models_card(tmp_path):
     (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A base model\n")
     assert base_license(str(tmp_path)) == "apache-2.0"
     assert base_license("prefopt-tests/not-in-the-cache") is None
+
+
+def test_base_model_is_a_hub_id_never_a_local_path(bfloat16_run, tmp_path):
+    """The card's front matter names the base by its hub id, given or read from the hub cache's path; a local copy
+    elsewhere is named in the text by its directory's name alone, whatever the `_name_or_path` its config records."""
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "7ae557604adf67be50417f59"
+    snapshot.mkdir(parents=True)
+    copy = tmp_path / "Qwen2.5-0.5B-Instruct"
+    copy.mkdir()
+    (copy / "config.json").write_text(json.dumps({"_name_or_path": "Qwen/Qwen2.5-0.5B"}))  # its parent's id
+    assert hub_id("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert hub_id("gpt2") == "gpt2"
+    assert hub_id(str(snapshot)) == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert hub_id(str(copy)) is None
+
+    _, _, merged_dir, _ = bfloat16_run
+    report = json.loads((merged_dir / "merge_report.json").read_text())
+    card = tmp_path / "card"
+    for base, base_model, named in (
+        (snapshot, "Qwen/Qwen2.5-0.5B-Instruct", "`Qwen/Qwen2.5-0.5B-Instruct` with a LoRA adapter merged"),
+        (copy, None, "`Qwen2.5-0.5B-Instruct` (a local model) with a LoRA adapter merged"),
+    ):
+        write_model_card(card, "mine", {**report, "base_model": str(base)})
+        assert front_matter(card / "README.md").get("base_model") == base_model
+        text = (card / "README.md").read_text()
+        assert text.count(named) == 1 and str(base) not in text

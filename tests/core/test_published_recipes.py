@@ -1,19 +1,25 @@
 """Published recipes, copied with their keys and values as published (`published_recipes/`, each naming its source):
 the keys that were renamed since are carried over with a note, the ones without a successor are dropped with a note
-or refused with what to set instead, and a command-line flag overrides a carried-over key."""
+or refused with what to set instead, and a command-line flag overrides a carried-over key. The SimPO recipe, a full
+fine-tune, lands in merged_model_dir as a LoRA run's merged model does."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from trl import DPOConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, ModelConfig
 
 from prefopt.config import parse_args
 from prefopt.errors import UserError
+from prefopt.merge import publish_model, report_line
 from prefopt.mixtures import HandbookDataset, HandbookMixture
 from simpo import SimPOConfig
-from tests.helpers import run_script
+from tests.helpers import front_matter, run_script
 
 RECIPES = Path(__file__).parent / "published_recipes"
 SIMPO_LLAMA3 = RECIPES / "simpo_llama-3-8b-instruct-simpo.yaml"
@@ -24,16 +30,19 @@ def notes(caplog) -> list[str]:
     return [message.split(": ", 1)[1] for message in caplog.messages if "published_recipes" in message]
 
 
-def test_simpo_paper_recipe_runs_with_its_renamed_keys_carried_over(demo_assets, tmp_path):
+@pytest.fixture(scope="module")
+def simpo_recipe(demo_assets, tmp_path_factory):
     """The SimPO repository's Llama-3-Instruct recipe (the version with use_flash_attention_2), with only its model
-    and data swapped, and flags for a machine without a GPU, flash-attn or wandb."""
+    and data swapped, and flags for a machine without a GPU, flash-attn or wandb: a full fine-tune, as published.
+    Its outputs' directory and its log."""
+    run_dir = tmp_path_factory.mktemp("simpo_recipe")
     result = run_script(
         "simpo.py",
         "--config", SIMPO_LLAMA3,
         "--model_name_or_path", demo_assets.model_dir,
         "--dataset_name", demo_assets.data_dir,
-        "--output_dir", tmp_path / "outputs" / "recipe",
-        "--merged_model_dir", tmp_path / "models" / "recipe",
+        "--output_dir", run_dir / "outputs" / "recipe",
+        "--merged_model_dir", run_dir / "models" / "recipe",
         # flash-attn needs a GPU: the model would not load with flash_attention_2, which use_flash_attention_2 sets
         "--attn_implementation", "sdpa",
         "--bf16", "false",
@@ -42,6 +51,11 @@ def test_simpo_paper_recipe_runs_with_its_renamed_keys_carried_over(demo_assets,
         "--max_steps", "2",
         OMP_NUM_THREADS="1",
     )  # fmt: skip
+    return run_dir, result.stderr
+
+
+def test_simpo_paper_recipe_runs_with_its_renamed_keys_carried_over(simpo_recipe):
+    run_dir, stderr = simpo_recipe
     for note in (
         "'use_flash_attention_2: true' is now 'attn_implementation: flash_attention_2', which --attn_implementation "
         "on the command line overrides",
@@ -52,8 +66,8 @@ def test_simpo_paper_recipe_runs_with_its_renamed_keys_carried_over(demo_assets,
         "'dataset_splits: [train, test]' is now 'dataset_train_split: train, dataset_test_split: test'",
         "'gamma_beta_ratio: 0.55' is now 'simpo_gamma: 1.375'",
     ):
-        assert note in result.stderr
-    state = yaml.safe_load((tmp_path / "outputs" / "recipe" / "trainer_state.json").read_text())
+        assert note in stderr
+    state = yaml.safe_load((run_dir / "outputs" / "recipe" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
 
 
@@ -187,3 +201,58 @@ def test_keys_without_successor_are_refused_until_replaced(recipe, tmp_path, mon
     fixed.write_text(yaml.safe_dump(config))
     parse_args(config_class, ["--config", str(fixed), *NO_GPU_NOR_WANDB])
     assert carried_note in notes(caplog)
+
+
+def test_a_full_fine_tune_is_published_to_merged_model_dir_checked_and_with_its_card(simpo_recipe, demo_assets):
+    """The recipe trains every weight (use_peft is off): the model the trainer saved in output_dir is saved to
+    merged_model_dir too, checked to give its logits, with a report and a card."""
+    run_dir, stderr = simpo_recipe
+    output_dir, merged_dir = run_dir / "outputs" / "recipe", run_dir / "models" / "recipe"
+    names = {path.name for path in merged_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "merge_report.json", "README.md"} <= names
+    assert not any(name.startswith(("adapter", "checkpoint", "trainer_state")) for name in names)
+
+    report = json.loads((merged_dir / "merge_report.json").read_text())
+    assert report["trained_model"] == str(output_dir) and "adapter" not in report
+    assert (report["base_dtype"], report["trained_dtype"], report["merged_dtype"]) == ("float32",) * 3
+    # Saved in the dtype it trained in: the same weights, the same logits.
+    assert (report["max_abs_logit_diff"], report["mean_kl"], report["share_kept"]) == (0.0, 0.0, 1.0)
+    assert report["training_effect_max_abs_logit_diff"] > 0 and report["warning"] is None
+    assert f"INFO prefopt.merge: {report_line(report)}" in stderr
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    inputs = tokenizer(["The movie was", "I watched this film last night and it"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        published, trained, base = (
+            AutoModelForCausalLM.from_pretrained(directory)(**inputs).logits
+            for directory in (merged_dir, output_dir, demo_assets.model_dir)
+        )
+    assert torch.equal(published, trained)
+    assert (trained - base).abs().max() > 0
+
+    metadata, text = front_matter(merged_dir / "README.md"), (merged_dir / "README.md").read_text()
+    assert "base_model" not in metadata  # a local base, of no known hub id
+    assert {"simpo", "trl"} <= set(metadata["tags"]) and "lora" not in metadata["tags"]
+    assert (
+        "`demo-base` (a local model) with all of its weights fine-tuned, trained with SIMPO by TRL, saved in float32 "
+        "from the model the trainer saved (`recipe`, in float32)." in text
+    )
+    assert "| weights | all trained: a full fine-tune (use_peft: false) |" in text
+    assert "## Save check" in text and "| share of the training's effect on the logits kept | 100.0% |" in text
+    assert str(demo_assets.model_dir) not in text
+
+
+def test_a_full_fine_tune_saved_in_bfloat16_is_rounded_once_and_the_loss_reported(simpo_recipe, demo_assets, tmp_path):
+    """Two steps at lr 1e-6 move the float32 weights far less than rounding them to bfloat16 does: the logits end
+    further from the trained model's than the base's are (share kept below 0), and the warning says so."""
+    run_dir, _ = simpo_recipe
+    output_dir = run_dir / "outputs" / "recipe"
+    model_args = ModelConfig(model_name_or_path=str(demo_assets.model_dir))  # use_peft: false, as in the recipe
+    report = publish_model(output_dir, tmp_path / "bfloat16", model_args, merged_dtype="bfloat16")
+    assert (report["trained_dtype"], report["merged_dtype"]) == ("float32", "bfloat16")
+    assert report["share_kept"] < 0 and report["max_abs_logit_diff"] > report["training_effect_max_abs_logit_diff"]
+    assert report["warning"].startswith("saving in bfloat16 kept none of the training's effect on the logits")
+    assert "merged_dtype: float32 keeps all of it, at 1.74 MB instead of 0.87 MB" in report["warning"]
+    saved, trained = (load_file(directory / "model.safetensors") for directory in (tmp_path / "bfloat16", output_dir))
+    assert saved.keys() == trained.keys()
+    assert all(torch.equal(saved[name], trained[name].to(torch.bfloat16)) for name in saved)

@@ -9,9 +9,7 @@ chosen moment until the test kills or signals it, so that the moment is hit ever
 
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +35,7 @@ from tests.helpers import (
     run_script,
     run_with_mount,
     script_env,
+    start_paused,
     train_losses,
     training_args,
     write_checkpoint,
@@ -85,25 +84,9 @@ def uninterrupted_losses(demo_assets, small_data, tmp_path_factory):
     return of
 
 
-def start_paused(command: list, moment: str, log: Path) -> tuple[subprocess.Popen, int]:
-    """Start `command` and wait until its run pauses at `moment` (see pause_hook): the process and the paused run's
-    process id."""
-    paused = log.with_suffix(".paused")
-    env = script_env(**paused_env(moment, paused), **THREADS)
-    with log.open("w") as output:
-        process = subprocess.Popen(list(map(str, command)), cwd=REPO, env=env, stdout=output, stderr=output)
-    deadline = time.monotonic() + 300
-    while not paused.exists() or not paused.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"{command[1]} did not pause at '{moment}':\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-    return process, int(paused.read_text())
-
-
 def run_until_killed(script: str, args: list, moment: str, log: Path) -> None:
     """Run `script` until it pauses at `moment`, then SIGKILL it."""
-    process, _ = start_paused([sys.executable, REPO / script, *args], moment, log)
+    process, _ = start_paused([sys.executable, REPO / script, *args], moment, log, **THREADS)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
@@ -166,7 +149,8 @@ def stop_run_script(algorithm: str, signum: int, step: int, assets, data: Path, 
     args = kill_test_args(algorithm, assets, data, run_dir, "--resume_from_checkpoint", "true", "--merge", "true")
     assert args[0] == "--config"
     command = ["bash", REPO / "run_script.bash", algorithm, run_dir / "config.yaml", "accelerate_configs/cpu.yaml"]
-    process, training_pid = start_paused([*command, "--", *args[2:]], f"signal {step}", run_dir / "stopped.log")
+    log = run_dir / "stopped.log"
+    process, training_pid = start_paused([*command, "--", *args[2:]], f"signal {step}", log, **THREADS)
     process.send_signal(signum)
     assert process.wait(timeout=300) == 128 + signum
 

@@ -8,10 +8,11 @@ and nothing else does. `PREFOPT_TEST_PAUSE_AT` chooses the moment:
 - `step N`: as optimizer step N begins;
 - `signal N`: as optimizer step N begins, until the process receives a signal (which its own handler then takes), and
   then goes on;
+- `merge saved`: once a model's weights are saved into the staging directory of a merge (`.<name>.tmp-<pid>`);
 - `full N`: as the save of checkpoint N begins, a file fills the file system of output_dir's parent, and the run
   goes on to meet a full disk.
 
-At the first three, the run creates the file named by `PREFOPT_TEST_PAUSED`, holding its process id, and sleeps until
+At the first four, the run creates the file named by `PREFOPT_TEST_PAUSED`, holding its process id, and sleeps until
 it is killed (or, for `signal`, signalled). Only the main process pauses (RANK 0, or no RANK); the others go on to
 wait for it.
 """
@@ -36,7 +37,16 @@ if os.environ.get("PREFOPT_TEST_PAUSE_AT") and os.environ.get("RANK", "0") == "0
         else:
             time.sleep(600)
 
-    if moment == "save":
+    if moment == "merge":
+        save_pretrained = transformers.PreTrainedModel.save_pretrained
+
+        def save_then_pause(self, directory, *args, **kwargs):
+            save_pretrained(self, directory, *args, **kwargs)
+            if ".tmp-" in Path(directory).name:
+                pause()
+
+        transformers.PreTrainedModel.save_pretrained = save_then_pause
+    elif moment == "save":
         save = torch.save
 
         def save_cut_short(obj, f, *args, **kwargs):
