@@ -34,7 +34,6 @@ from tests.helpers import (
     read_jsonl,
     run_script,
     run_with_mount,
-    script_env,
     start_paused,
     train_losses,
     training_args,
