@@ -138,10 +138,10 @@ def main(script_args, training_args, model_args, run_args):
                 training_args.output_dir,
                 run_args.merged_model_dir,
                 model_args,
-                check_batch=CheckBatch.of_run(script_args, train_dataset, eval_dataset),
+                check_batch=CheckBatch.of_run(script_args, run_args, train_dataset, eval_dataset),
                 merged_dtype=run_args.merged_dtype,
                 trust_remote_code=training_args.trust_remote_code,
-                training=TrainingRun.of(script_args, training_args, model_args),
+                training=TrainingRun.of(script_args, training_args, model_args, run_args),
             )
         plot_losses(training_args.output_dir, run_args.images_dir)
     state.wait_for_everyone()

@@ -83,6 +83,15 @@ def data_name(script_args: ScriptArguments, run_args: RunArguments) -> str:
     return script_args.dataset_name
 
 
+def data_description(script_args: ScriptArguments, run_args: RunArguments) -> str:
+    """The data as the merge report and the model card name it: `dataset_name`, or a mixture and what it mixes."""
+    if run_args.datasets:
+        return f"datasets ({', '.join(member.path for member in run_args.datasets)})"
+    if run_args.dataset_mixture:
+        return f"dataset_mixture ({', '.join(member.id for member in run_args.dataset_mixture.datasets)})"
+    return script_args.dataset_name
+
+
 def load_preference_dataset(
     script_args: ScriptArguments, run_args: RunArguments | None = None, seed: int = 42
 ) -> DatasetDict:

@@ -21,6 +21,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ScriptArguments
 from trl.data_utils import is_conversational, maybe_extract_prompt
 
+from prefopt.config import RunArguments
+from prefopt.data import data_description
+
 # The check batch: its float32 logits, kept once, take CHECK_EXAMPLES x CHECK_MAX_TOKENS x vocabulary x 4 bytes
 # (0.29 GiB for Qwen2.5's 151,936 tokens, 0.25 GiB for Llama 3's 128,256).
 CHECK_EXAMPLES = 8
@@ -54,11 +57,14 @@ class CheckBatch:
         return cls(tuple(dataset.select(range(min(CHECK_EXAMPLES, len(dataset)))).to_list()), name, split)
 
     @classmethod
-    def of_run(cls, script_args: ScriptArguments, train_dataset: Dataset, eval_dataset: Dataset | None) -> "CheckBatch":
+    def of_run(
+        cls, script_args: ScriptArguments, run_args: RunArguments, train_dataset: Dataset, eval_dataset: Dataset | None
+    ) -> "CheckBatch":
         """The first rows of the data a run evaluated on, else of its training data, as the run loaded them."""
+        name = data_description(script_args, run_args)
         if eval_dataset is not None:
-            return cls.from_dataset(eval_dataset, script_args.dataset_name, script_args.dataset_test_split)
-        return cls.from_dataset(train_dataset, script_args.dataset_name, script_args.dataset_train_split)
+            return cls.from_dataset(eval_dataset, name, script_args.dataset_test_split)
+        return cls.from_dataset(train_dataset, name, script_args.dataset_train_split)
 
     def describe(self) -> str:
         return f"{self.dataset} [{self.split}]" if self.dataset else "fixed texts"

@@ -20,15 +20,14 @@ from huggingface_hub.utils import validate_repo_id
 from trl import ModelConfig, ScriptArguments
 
 from prefopt.atomic import atomic_file
+from prefopt.config import RunArguments
+from prefopt.data import data_description
 from prefopt.markdown import markdown_table, table_cell
 from prefopt.merge_check import ADAPTER_MERGE, published_in
 from prefopt.run_logs import read_trainer_state
+from prefopt.run_record import ALGORITHM_SETTINGS
 
 CARD_FILE = "README.md"
-
-# The algorithms' own settings, those the trainer's config has, for the card.
-ALGORITHM_SETTINGS = ("beta", "loss_type", "simpo_gamma", "cpo_alpha", "desirable_weight", "undesirable_weight")
-
 
 @dataclass(frozen=True)
 class TrainingRun:
@@ -38,7 +37,9 @@ class TrainingRun:
     settings: dict[str, str]  # the card's training table: what -> value
 
     @classmethod
-    def of(cls, script_args: ScriptArguments, training_args, model_args: ModelConfig) -> "TrainingRun":
+    def of(
+        cls, script_args: ScriptArguments, training_args, model_args: ModelConfig, run_args: RunArguments
+    ) -> "TrainingRun":
         """The run that just trained in `output_dir`: the algorithm and its settings, LoRA, the schedule, the data,
         the time and the hardware, read from the configs and the trainer state it saved."""
         algorithm = type(training_args).__name__.removesuffix("Config").lower()  # DPOConfig, KTOConfig, SimPOConfig
@@ -72,7 +73,7 @@ class TrainingRun:
                 f"warmup_steps {training_args.warmup_steps:g}, {trainer_state['global_step']} steps "
                 f"({trainer_state['epoch']:.3g} epochs), effective batch {batch}, max_length {training_args.max_length}"
             ),
-            "data": f"{script_args.dataset_name} [{script_args.dataset_train_split}]",
+            "data": f"{data_description(script_args, run_args)} [{script_args.dataset_train_split}]",
             "training time": f"{runtime:.0f} s on {state.num_processes} x {device}",
         }
         return cls(algorithm, settings)
@@ -98,7 +99,7 @@ def write_model_card(
         tags.add("lora")
     if training is not None:
         tags |= {training.algorithm, "trl"}
-    hub_dataset = dataset if dataset and not Path(dataset).exists() else None
+    hub_dataset = dataset if dataset and not Path(dataset).exists() and _is_repo_id(dataset) else None
     data = ModelCardData(
         base_model=hub_id(report["base_model"]),
         library_name="transformers",

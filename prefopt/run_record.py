@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefopt.atomic import atomic_file
-from prefopt.model_card import ALGORITHM_SETTINGS
 from prefopt.paths import is_local
 
 RUN_FILE = "run.json"
@@ -30,6 +29,8 @@ SHAPE_KEYS = (
     "use_rslora",
     "use_dora",
 )
+# The algorithms' own settings, those the trainer's config has: recorded with a run and shown on its model card.
+ALGORITHM_SETTINGS = ("beta", "loss_type", "simpo_gamma", "cpo_alpha", "desirable_weight", "undesirable_weight")
 TRAINING_KEYS = (
     "algorithm",
     *ALGORITHM_SETTINGS,
