@@ -81,7 +81,8 @@ def utf8_problem(path: Path) -> str | None:
                     line.decode("utf-8")
                 except UnicodeDecodeError as error:
                     return (
-                        f", line {number}: not UTF-8 text (byte 0x{line[error.start]:02x} at column {error.start + 1}); "
+                        f", line {number}: not UTF-8 text (byte 0x{line[error.start]:02x} at column "
+                        f"{error.start + 1}); "
                         "save the file as UTF-8"
                     )
     except (gzip.BadGzipFile, EOFError) as error:

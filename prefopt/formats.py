@@ -274,7 +274,8 @@ def in_trl_format(dataset: DatasetDict, source: str, forced: str, row_name: Call
         if forced != "auto":
             fields = " or ".join(f.describe_fields() for f in FORMATS if f.name == forced)
             raise UserError(
-                f"{source}: dataset_format {forced} needs the columns {fields} (columns: {', '.join(first.column_names)})"
+                f"{source}: dataset_format {forced} needs the columns {fields} "
+                f"(columns: {', '.join(first.column_names)})"
             )
         return dataset
     converted = DatasetDict(

@@ -183,8 +183,8 @@ def _card_text(report: dict, training: TrainingRun | None) -> str:
         )
     else:
         intro = (
-            f"{base} with all of its weights fine-tuned{trained or ','} saved in {report['merged_dtype']} from the model the "
-            f"trainer saved (`{trained_dir}`, in {report['trained_dtype']}). It loads with "
+            f"{base} with all of its weights fine-tuned{trained or ','} saved in {report['merged_dtype']} from the "
+            f"model the trainer saved (`{trained_dir}`, in {report['trained_dtype']}). It loads with "
             "`AutoModelForCausalLM.from_pretrained`."
         )
     lines = [intro, ""]

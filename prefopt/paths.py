@@ -3,7 +3,8 @@ output.
 
 Inputs are the base model and the data (when local), the chat template and a named checkpoint; outputs are
 `output_dir` (files are added to it), `merged_model_dir` (the merge replaces it whole; every run locks it) and
-`images_dir` (a plot is added). They are compared resolved, symlinks followed, so that two spellings of one directory are one directory:
+`images_dir` (a plot is added). They are compared resolved, symlinks followed, so that two spellings of one directory
+are one directory:
 
 - no output is an input or lies inside one: the run's files would land in the base model or the data;
 - `merged_model_dir` neither is nor contains an input or another output;
