@@ -6,7 +6,7 @@ Plain helpers live in `tests/helpers.py`: test files import shared code from the
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiment.demo import build_demo_assets
 from tests.helpers import DemoAssets, read_jsonl
@@ -19,6 +19,13 @@ def demo_assets(tmp_path_factory) -> DemoAssets:
     assets = DemoAssets(model_dir=root / "demo-base", data_dir=root / "demo-data")
     build_demo_assets(assets.model_dir, assets.data_dir, num_train_pairs=256, num_test_pairs=32, pretrain_steps=150)
     return assets
+
+
+@pytest.fixture(scope="session")
+def demo_base(demo_assets) -> tuple:
+    """The demo base model's tokenizer and the model itself, loaded for inference."""
+    tokenizer = AutoTokenizer.from_pretrained(demo_assets.model_dir)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(demo_assets.model_dir).eval()
 
 
 @pytest.fixture(scope="session")
