@@ -1,22 +1,32 @@
 """A sequence-classification reward model: it ranks held-out pairs, and it gives the evaluation its reward column."""
 
+import json
+
 import pytest
 import torch
 
 from experiment.evaluate import evaluate_models
 from experiment.reward_model import load_reward_model, reward_model_scores
 from experiment.samples import sample_completions
-from tests.helpers import read_jsonl
+from tests.helpers import HELD_OUT_METRICS, read_jsonl
 
 
-def test_reward_model_ranks_held_out_chosen_above_rejected(tiny_reward_model, demo_assets):
+def test_reward_model_ranks_held_out_pairs_as_its_trainer_evaluated_them(tiny_reward_model, demo_assets):
+    """Scored through its chat template and in batches, the held-out pairs get the accuracy and mean margin that TRL's
+    RewardTrainer measured on them after training: the scoring is the training's, to float precision, whatever the model
+    learned. And it ranks most of them right."""
     model, tokenizer = load_reward_model(str(tiny_reward_model), torch.device("cpu"))
     rows = read_jsonl(demo_assets.data_dir / "test.jsonl")
     prompts = [row["prompt"] for row in rows]
     chosen = reward_model_scores(model, tokenizer, prompts, [row["chosen"] for row in rows], batch_size=8)
     rejected = reward_model_scores(model, tokenizer, prompts, [row["rejected"] for row in rows])
-    accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
-    assert accuracy >= 0.7  # 23 of 32 pairs or more: under 1% likely by chance
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    trainers = json.loads((tiny_reward_model / HELD_OUT_METRICS).read_text())
+    assert sum(margin > 0 for margin in margins) / len(rows) == trainers["eval_accuracy"]
+    assert sum(margins) / len(rows) == pytest.approx(trainers["eval_margin"], abs=1e-5)
+    # And it learned to rank: 0.75 of the 32 pairs with this fixture, 0.66-0.81 over four other seeds, where chance is
+    # 0.5. So few pairs hold no bar far above chance on every machine: the seed alone moves the accuracy by 0.15.
+    assert trainers["eval_accuracy"] > 0.5
 
 
 def test_the_reward_column_comes_from_the_reward_model(tiny_reward_model, demo_assets, demo_base):
