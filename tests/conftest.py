@@ -3,13 +3,14 @@
 Plain helpers live in `tests/helpers.py`: test files import shared code from there, never from each other.
 """
 
+import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiment.demo import build_demo_assets
-from tests.helpers import DemoAssets, read_jsonl
+from tests.helpers import HELD_OUT_METRICS, DemoAssets, as_conversations, gold_labelled, read_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -22,26 +23,28 @@ def demo_assets(tmp_path_factory) -> DemoAssets:
 
 
 @pytest.fixture(scope="session")
+def demo_base(demo_assets) -> tuple:
+    """The demo base model's tokenizer and the model itself, loaded for inference."""
+    tokenizer = AutoTokenizer.from_pretrained(demo_assets.model_dir)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(demo_assets.model_dir).eval()
+
+
+@pytest.fixture(scope="session")
 def tiny_reward_model(demo_assets, tmp_path_factory) -> Path:
     """A reward model of the demo's architecture, trained for a few steps with TRL's RewardTrainer on the demo's train
-    pairs as conversations, so that it is scored through the chat template of its tokenizer."""
-    from datasets import Dataset
+    pairs as conversations, so that it is scored through the chat template of its tokenizer.
+
+    The pairs are labelled by the gold reward, without the demo's label noise, so that the model learns more in its few
+    steps; the score head's initialisation is seeded, so that the model is the same whatever ran before in the session.
+    The trainer's own evaluation of the held-out pairs is saved beside it, in `HELD_OUT_METRICS`.
+    """
+    import transformers
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     output_dir = tmp_path_factory.mktemp("reward-model")
-    rows = read_jsonl(demo_assets.data_dir / "train.jsonl")
-    conversations = Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": row["prompt"]}],
-                "chosen": [{"role": "assistant", "content": row["chosen"]}],
-                "rejected": [{"role": "assistant", "content": row["rejected"]}],
-            }
-            for row in rows
-        ]
-    )
     tokenizer = AutoTokenizer.from_pretrained(demo_assets.model_dir)
+    transformers.set_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(demo_assets.model_dir, num_labels=1)
     args = RewardConfig(
         output_dir=str(output_dir),
@@ -54,7 +57,12 @@ def tiny_reward_model(demo_assets, tmp_path_factory) -> Path:
         use_cpu=True,
         bf16=False,
     )
-    trainer = RewardTrainer(model=model, args=args, train_dataset=conversations, processing_class=tokenizer)
+    train_rows = [gold_labelled(row) for row in read_jsonl(demo_assets.data_dir / "train.jsonl")]
+    trainer = RewardTrainer(
+        model=model, args=args, train_dataset=as_conversations(train_rows), processing_class=tokenizer
+    )
     trainer.train()
     trainer.save_model(str(output_dir))
+    metrics = trainer.evaluate(as_conversations(read_jsonl(demo_assets.data_dir / "test.jsonl")))
+    (output_dir / HELD_OUT_METRICS).write_text(json.dumps(metrics))
     return output_dir

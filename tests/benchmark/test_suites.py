@@ -5,8 +5,8 @@ from dataclasses import asdict
 import pytest
 
 from benchmark.report import machine_description, training_markdown
-from benchmark.runs import PREFOPT
-from benchmark.suites import SETTINGS_OFF, scaling_suite, settings_suite
+from benchmark.runs import PREFOPT, TRL
+from benchmark.suites import SETTINGS_OFF, scaling_suite, settings_suite, versus_trl_suite
 from benchmark.summaries import ratios, summarise
 from prefopt.launch import ALGORITHMS
 
@@ -52,6 +52,29 @@ def test_scaling_reports_each_algorithms_step_time_relative_to_dpo_at_the_same_s
     assert f"| shape | dpo step (s) | kto step (s) | simpo step (s) {columns}" in glance
     # A KTO step trains on half the tokens of a DPO step: 1.5 times the time per step is 3 times per token.
     assert "| batch 32, max_length 64 | 32 | 48 | 24 | 1.5 | 0.75 | 3 | 0.75 |" in glance
+
+
+def test_a_ratio_is_the_median_of_the_ratios_within_each_repeat_not_the_ratio_of_the_medians():
+    """Both sides of a repeat run minutes apart, at the machine's speed of the moment: ratios are taken within a repeat."""
+    variants, reference_of = versus_trl_suite(["dpo"])
+    step_s = {PREFOPT: [1.0, 3.0, 2.0], TRL: [2.0, 2.5, 1.0]}  # ratios 0.5, 1.2, 2.0; both medians 2.0
+    runs = [
+        synthetic_run(variant, repeat, step_s[variant.runner][repeat]) for repeat in range(3) for variant in variants
+    ]
+    summary = summarise(variants, runs)
+    ours, trl = (next(row for row in summary if row["runner"] == runner) for runner in (PREFOPT, TRL))
+    assert ours["step_s"] == trl["step_s"] == 2.0  # the ratio of the medians would be 1
+    (ratio,) = ratios(runs, summary, reference_of)
+    assert ratio["step_s"] == pytest.approx(1.2)
+    assert ratio["tokens_per_s"] == pytest.approx(1 / 1.2)  # the same tokens per step: the inverse ratio in each repeat
+    assert ratio["peak_rss_train_mib"] == 1.0
+
+    report = {
+        "suite": "versus_trl", "command": "python -m benchmark", "created": "now", "duration_s": 60.0,
+        "machine": machine_description(), "settings": {"model": "m", "dataset": "d", "max_steps": 3, "repeats": 3},
+        "runs": runs, "summary": summary, "ratios": [ratio],
+    }  # fmt: skip
+    assert "| dpo | v1 config | 1.2 | 1.2 | 0.833 | 1 |" in training_markdown(report).split("## Ratio ours / TRL")[1]
 
 
 def flag(flags, name):

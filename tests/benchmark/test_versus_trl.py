@@ -39,10 +39,16 @@ def summary_row(report, algorithm, runner):
     return row
 
 
+def the_run(report, algorithm, runner):
+    """The one run (one repeat) of an algorithm by a runner."""
+    (run,) = [run for run in report["runs"] if (run["algorithm"], run["runner"]) == (algorithm, runner)]
+    return run
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("runner", [PREFOPT, TRL])
 def test_every_algorithm_and_runner_is_measured_consistently(report, demo_lengths, algorithm, runner):
-    (row,) = [run for run in report[0]["runs"] if (run["algorithm"], run["runner"]) == (algorithm, runner)]
+    row = the_run(report[0], algorithm, runner)
     assert row["tokens_per_s"] == pytest.approx(row["tokens_per_step"] / row["step_s"])
     # 16 pairs per step (DPO, SimPO: chosen and rejected; KTO: 16 completions), each within the data's lengths
     sequences = 16 if algorithm == "kto" else 32
@@ -56,11 +62,11 @@ def test_every_algorithm_and_runner_is_measured_consistently(report, demo_length
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_ratio_prefopt_over_trl(report, algorithm):
+    """With one repeat, each ratio is that of the repeat's two runs; test_suites.py checks the median over repeats."""
     (ratio,) = [row for row in report[0]["ratios"] if row["algorithm"] == algorithm]
-    ours, trl = summary_row(report[0], algorithm, PREFOPT), summary_row(report[0], algorithm, TRL)
-    assert ratio["step_s"] == pytest.approx(ours["step_s"] / trl["step_s"])
-    assert ratio["tokens_per_s"] == pytest.approx(ours["tokens_per_s"] / trl["tokens_per_s"])
-    assert ratio["peak_rss_train_mib"] == pytest.approx(ours["peak_rss_train_mib"] / trl["peak_rss_train_mib"])
+    ours, trl = the_run(report[0], algorithm, PREFOPT), the_run(report[0], algorithm, TRL)
+    for metric in ("step_s", "tokens_per_s", "peak_rss_train_mib"):
+        assert ratio[metric] == pytest.approx(ours[metric] / trl[metric])
 
 
 @pytest.mark.parametrize("algorithm", ["dpo", "simpo"])

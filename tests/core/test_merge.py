@@ -325,7 +325,11 @@ def test_bfloat16_rounding_of_a_tiny_update_is_reported_and_warned_about(bfloat1
     assert (report["base_dtype"], report["merged_dtype"]) == ("bfloat16", "bfloat16")
     # Measured: 4% of the adapter's effect kept, as in the run on a real model (2%).
     assert report["share_kept"] < 0.9
-    assert 0 < report["max_abs_logit_diff"] <= 1.01 * report["adapter_effect_max_abs_logit_diff"]
+    # Rounding lost most of the update, so the merged model is about as far from base + adapter as the base is:
+    # measured 0.94 of the adapter's effect, which moves with the last bits of the update that training left. A wrong
+    # merge would be far off this tiny update's effect.
+    effect = report["adapter_effect_max_abs_logit_diff"]
+    assert 0.5 * effect < report["max_abs_logit_diff"] < 1.5 * effect
     assert "merged_dtype: float32 keeps all of it, at 1.74 MB instead of 0.87 MB" in report["warning"]
     assert f"WARNING prefopt.merge: merge check: {report['warning']}" in stderr
     assert {tensor.dtype for tensor in load_file(merged_dir / "model.safetensors").values()} == {torch.bfloat16}
