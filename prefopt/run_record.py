@@ -13,6 +13,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from accelerate import PartialState
+
 from prefopt.atomic import atomic_file
 from prefopt.paths import is_local
 
@@ -39,8 +41,7 @@ TRAINING_KEYS = (
     "warmup_steps",
     "num_train_epochs",
     "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
+    "effective_batch_size",  # per device x processes x accumulation: the same batches, however they are dealt out
     "max_length",
     "seed",
     "dataset_name",
@@ -81,15 +82,24 @@ class RunRecord:
 
 
 def run_settings(script_args, training_args, model_args) -> dict:
-    """SHAPE_KEYS and TRAINING_KEYS of this run's config, local paths resolved, as they read back from JSON."""
-    values = {"algorithm": type(training_args).__name__}
+    """SHAPE_KEYS and TRAINING_KEYS of this run's config, local paths resolved, as they read back from JSON.
+
+    The batch is recorded as the effective batch: a run may continue on another number of processes with the
+    per-device batch or the accumulation changed to keep it, which trains on the same batches in the same order.
+    """
+    values = {
+        "algorithm": type(training_args).__name__,
+        "effective_batch_size": training_args.per_device_train_batch_size
+        * PartialState().num_processes
+        * training_args.gradient_accumulation_steps,
+    }
     for key in SHAPE_KEYS + TRAINING_KEYS:
         for args in (model_args, training_args, script_args):
             if hasattr(args, key):
                 values[key] = getattr(args, key)
                 break
         else:
-            values.setdefault(key, None)  # a setting of another algorithm
+            values.setdefault(key, None)  # a setting of another algorithm, or one computed above
     for key in ("model_name_or_path", "dataset_name"):
         if values[key] and is_local(values[key]):
             values[key] = str(Path(values[key]).resolve())

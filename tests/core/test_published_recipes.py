@@ -146,7 +146,7 @@ def test_handbook_qlora_recipe_values_carry_over(tmp_path, monkeypatch, caplog):
 def test_handbook_mixtures_are_read_as_the_handbook_reads_them(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     recipe = RECIPES / "handbook_zephyr-7b-beta_dpo_config_full.yaml"
-    _, _, _, run_args = parse_args(DPOConfig, ["--config", str(recipe), "--use_cpu", "true"])
+    _, _, _, run_args = parse_args(DPOConfig, ["--config", str(recipe), *NO_GPU_NOR_WANDB])
     columns = ["chosen", "rejected"]
     assert run_args.dataset_mixture == HandbookMixture(
         datasets=[
@@ -157,7 +157,7 @@ def test_handbook_mixtures_are_read_as_the_handbook_reads_them(tmp_path, monkeyp
         test_split_size=2000,
     )
     recipe = RECIPES / "handbook_smollm3_dpo_apo.yaml"
-    _, _, _, run_args = parse_args(DPOConfig, ["--config", str(recipe), "--use_cpu", "true"])
+    _, _, _, run_args = parse_args(DPOConfig, ["--config", str(recipe), *NO_GPU_NOR_WANDB])
     mixture = run_args.dataset_mixture
     assert [(dataset.id, dataset.config, dataset.weight) for dataset in mixture.datasets] == [
         ("HuggingFaceTB/smoltalk2", "Preference", 0.5),

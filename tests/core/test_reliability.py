@@ -212,7 +212,8 @@ def test_first_non_finite_step_stops_every_process_before_it_is_logged_or_saved(
         "number usually comes from a learning rate too high (here 1000), fp16 overflow (train in bf16 or float32 "
         "instead) or bad data; the checkpoints saved before step 5 are kept, and nothing was merged"
     ]
-    assert result.stderr.count("exitcode  : 2 ") == 2 and result.returncode == 1  # both processes, then the launcher
+    # The first process to exit with status 2 makes the launcher stop the other, which may not have exited yet.
+    assert result.stderr.count("exitcode  : 2 ") >= 1 and result.returncode == 1
     output_dir, merged_dir = tmp_path / "outputs" / "dpo_test", tmp_path / "models" / "dpo_test"
     assert checkpoint_names(output_dir) == ["checkpoint-2", "checkpoint-4"]
     assert checkpoint_problem(output_dir / "checkpoint-4") is None
