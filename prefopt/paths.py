@@ -63,6 +63,14 @@ def check_run_paths(data: list[tuple[str, str]], training_args, model_args, run_
                 )
     for key, path in outputs.items():
         _check_writable_directory(key, path)
+    if not model_args.use_peft and (Path(training_args.output_dir) / "adapter_config.json").is_file():
+        # transformers loads an adapter it finds beside a model's weights: the full fine-tune would be published
+        # with an earlier run's adapter applied on top.
+        raise UserError(
+            f"output_dir '{training_args.output_dir}' holds a LoRA adapter (adapter_config.json) of an earlier run, "
+            "which loading the full fine-tune saved there would apply to it; choose another output_dir for a full "
+            "fine-tune (use_peft: false)"
+        )
     if run_args.merge and model_args.use_peft and is_local(model_args.model_name_or_path):
         _check_room_for_merge(model_args.model_name_or_path, run_args.merged_model_dir, run_args.merged_dtype)
 

@@ -388,6 +388,12 @@ PATH_CASES = {
         {"images_dir": "notes.txt/images"},
         files={"notes.txt": "notes\n"},
     ),
+    "full fine-tune over an adapter": Case(
+        "output_dir 'outputs/run' holds a LoRA adapter (adapter_config.json) of an earlier run, which loading the full "
+        "fine-tune saved there would apply to it; choose another output_dir for a full fine-tune (use_peft: false)",
+        {"use_peft": False, "learning_rate": 1e-6},
+        files={"outputs/run/adapter_config.json": "{}\n"},
+    ),
     "merged_model_dir is a file": Case(
         "merged_model_dir 'models/run' is not a directory; choose a directory for merged_model_dir",
         {"overwrite_merged": True},
