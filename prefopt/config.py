@@ -391,6 +391,13 @@ def _check_values(training_args, model_args, run_args: RunArguments, where: str)
             run_args.merged_dtype in (None, *MERGED_DTYPES),
             f"merged_dtype must be one of {', '.join(MERGED_DTYPES)}, got '{run_args.merged_dtype}'",
         ),
+        (
+            # Its handler saves on one process alone and then lets training end as if done, so the script would
+            # merge a partly trained model; the scripts save on SIGTERM themselves (prefopt/stopping.py).
+            not training_args.enable_jit_checkpoint,
+            "enable_jit_checkpoint is not used here: on SIGTERM or SIGINT the scripts save a checkpoint of the step "
+            "in progress on every process and stop without merging; remove it",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -42,5 +42,6 @@ def loss_figure(run_dir: str | Path, title: str):
         axes.plot(steps, losses, marker="o" if name == "eval" else None, markersize=4, label=f"{name} loss")
     axes.set(title=title, xlabel="step", ylabel="loss")
     axes.grid(alpha=0.3)
-    axes.legend()
+    if axes.lines:  # a run shorter than logging_steps logged no loss
+        axes.legend()
     return figure

@@ -388,6 +388,11 @@ PATH_CASES = {
         {"images_dir": "notes.txt/images"},
         files={"notes.txt": "notes\n"},
     ),
+    "transformers' own SIGTERM checkpoint": Case(
+        "config.yaml: enable_jit_checkpoint is not used here: on SIGTERM or SIGINT the scripts save a checkpoint of "
+        "the step in progress on every process and stop without merging; remove it",
+        {"enable_jit_checkpoint": True},
+    ),
     "full fine-tune over an adapter": Case(
         "output_dir 'outputs/run' holds a LoRA adapter (adapter_config.json) of an earlier run, which loading the full "
         "fine-tune saved there would apply to it; choose another output_dir for a full fine-tune (use_peft: false)",
