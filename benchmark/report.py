@@ -64,7 +64,8 @@ RATIO_TITLES = {
 def report_header(report: dict) -> list[str]:
     """The title, the command, the machine, the load and the library versions."""
     machine, loads = report["machine"], [run["load_1min"] for run in report["runs"]]
-    devices = ", ".join(sorted({run["device"] for run in report["runs"] if "device" in run}))  # not of failed runs
+    # Training runs name their device (failed ones do not); the merge suite's runs are on the CPU.
+    devices = ", ".join(sorted({run["device"] for run in report["runs"] if "device" in run})) or "cpu"
     return [
         f"# benchmark {report['suite']}",
         "",
