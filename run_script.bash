@@ -40,9 +40,9 @@ fi
 export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  default_accelerate_config=accelerate_configs/single_gpu.yaml
+  gpu=yes default_accelerate_config=accelerate_configs/single_gpu.yaml
 else
-  default_accelerate_config=accelerate_configs/cpu.yaml
+  gpu="" default_accelerate_config=accelerate_configs/cpu.yaml
 fi
 accelerate_config=${ACCELERATE_CONFIG:-$default_accelerate_config}
 
@@ -97,6 +97,13 @@ if [ $# -gt 0 ]; then
   if [ $# -gt 0 ] && [ "$1" != -- ]; then config=$1; shift; fi
   if [ $# -gt 0 ] && [ "$1" != -- ]; then accelerate_config=$1; shift; fi
   if [ $# -gt 0 ] && [ "$1" = -- ]; then shift; fi
+  # Without GPUs accelerate's launcher refuses these with a traceback (DeepSpeed is not installed there), or every
+  # process with a line of its own (FSDP): one line here instead.
+  if [ -z "$gpu" ] && [ -f "$accelerate_config" ] && grep -Eq '^distributed_type:[[:space:]]*"?(DEEPSPEED|FSDP)' "$accelerate_config"; then
+    echo "run_script: $accelerate_config shards the model over GPUs (DeepSpeed or FSDP), and this machine has none;" \
+      "use accelerate_configs/cpu.yaml, or accelerate_configs/multi_gpu.yaml with --use_cpu true for several processes" >&2
+    exit 2
+  fi
   demo_assets='^(model_name_or_path|dataset_name):[[:space:]]*(models/demo-base|data/demo)/?([[:space:]]|$)'
   if [ -f "$config" ] && grep -Eq "$demo_assets" "$config"; then
     echo "run_script: $config trains on the demo assets; building what is missing of them"

@@ -44,3 +44,18 @@ def test_config_of_a_real_model_builds_nothing(fresh_clone):
     assert calls(fresh_clone, "simpo", config, "--", "--max_steps", "2") == [
         f"accelerate launch --config_file accelerate_configs/cpu.yaml simpo.py --config {config} --max_steps 2"
     ]
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="the refusal is for machines without GPUs")
+@pytest.mark.parametrize("accelerate_config", ["deepspeed_zero3.yaml", "fsdp.yaml"])
+def test_sharding_configs_are_refused_in_one_line_on_a_machine_without_gpus(fresh_clone, accelerate_config):
+    shutil.copytree(REPO / "accelerate_configs", fresh_clone / "accelerate_configs")
+    config = f"accelerate_configs/{accelerate_config}"
+    result = subprocess.run(["bash", "run_script.bash", "dpo", "training_configs/dpo_v1.yaml", config], cwd=fresh_clone,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"run_script: {config} shards the model over GPUs (DeepSpeed or FSDP), and this machine has none; use "
+        "accelerate_configs/cpu.yaml, or accelerate_configs/multi_gpu.yaml with --use_cpu true for several processes"
+    ]
+    assert not (fresh_clone / "calls.log").exists()  # neither the demo assets nor the launcher
