@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from huggingface_hub import is_offline_mode
 from huggingface_hub.errors import LocalEntryNotFoundError
@@ -29,7 +30,12 @@ class UserError(Exception):
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a `UserError` into one line on stderr and exit status 2; `PREFOPT_DEBUG=1` keeps the traceback."""
+    """Turn a `UserError` into one line on stderr and exit status 2; `PREFOPT_DEBUG=1` keeps the traceback.
+
+    However the process ends, its process group (if any) ends first: left to the interpreter's shutdown, torch's gloo
+    group sometimes aborts a process whose peers exit at the same moment ("terminate called without an active
+    exception", SIGABRT), which the launcher then reports in place of the process's own exit status.
+    """
     try:
         yield
     except UserError as error:
@@ -42,6 +48,9 @@ def exit_on_user_error() -> Iterator[None]:
             # The launcher stops a run's other processes as soon as one ends: none ends before the line is out.
             state.wait_for_everyone()
         sys.exit(2)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @contextlib.contextmanager
