@@ -7,7 +7,8 @@ checkpoint under a staging name, and the checkpoint is renamed into place once a
 newest checkpoints of the run that are not whole (left by an older version, a full disk or a copy cut short) are
 moved aside, and only the run's own checkpoints are resumed from (`prefopt.run_record`). Before the first step,
 `output_dir` must have room for the checkpoints the run will hold; a save that still finds the disk full stops the
-run in one line, its staging directory removed and the earlier checkpoints whole.
+run in one line, its staging directory removed and the earlier checkpoints whole. So does the final save of the
+trained model into `output_dir`, removing what it had half written.
 """
 
 import contextlib
@@ -76,7 +77,8 @@ class AtomicCheckpoints:
     each node's with `save_on_each_node`) renames it into place; rotation then runs on the real checkpoints, so that
     it keeps the newest and the best one. A hub push of the checkpoint waits for its final name. Each checkpoint
     holds a copy of the run's record (`prefopt.run_record`), staged with the rest. `CheckpointRoom` checks the room
-    for them before the first step; a save that meets a full disk all the same raises a `UserError` naming it.
+    for them before the first step; a save that meets a full disk all the same, a checkpoint's or the final model's,
+    raises a `UserError` naming it.
     """
 
     _staging_root: str | None = None
@@ -94,6 +96,33 @@ class AtomicCheckpoints:
             self._push_deferred = True
         else:
             super()._push_from_checkpoint(checkpoint_folder)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call:  # a checkpoint's weights: `_save_checkpoint` reports a full disk
+            return super().save_model(output_dir, _internal_call)
+        directory = output_dir or self.args.output_dir
+        before = _files_in(directory)
+        try:
+            super().save_model(output_dir, _internal_call)
+        except Exception as error:
+            need = trainable_bytes(self.model)
+            if not _disk_full(error, directory, need):
+                raise
+            for name, stat in _files_in(directory).items():  # what this save wrote, cut short by the full disk
+                if before.get(name) != stat:
+                    os.remove(os.path.join(directory, name))
+            step = self.state.global_step
+            last = os.path.join(directory, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+            then = (
+                f"{PREFIX_CHECKPOINT_DIR}-{step}, of the last step, is whole: free space, then run the same command "
+                "with resume_from_checkpoint: true to save the model from it"
+                if os.path.isdir(last)
+                else "no checkpoint holds the last step: free space and train again"
+            )
+            raise UserError(
+                f"the trained model could not be saved: no space left on device in '{directory}' (it needs about "
+                f"{size_text(need)}, {size_text(free_bytes(directory))} free); {then}"
+            ) from None
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = self._get_output_dir(trial)
@@ -191,6 +220,17 @@ def _disk_full(error: BaseException, directory: str, need: int) -> bool:
         if getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(cause):
             return True
     return free_bytes(directory) < need
+
+
+def _files_in(directory: str) -> dict[str, tuple[int, int]]:
+    """{name: (modification time, size)} of the files directly in `directory`."""
+    if not os.path.isdir(directory):
+        return {}
+    return {
+        entry.name: (entry.stat().st_mtime_ns, entry.stat().st_size)
+        for entry in os.scandir(directory)
+        if entry.is_file()
+    }
 
 
 def with_atomic_checkpoints(trainer_class: type) -> type:

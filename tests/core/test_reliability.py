@@ -9,6 +9,7 @@ chosen moment until the test kills or signals it, so that the moment is hit ever
 
 import contextlib
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -463,6 +464,40 @@ def test_a_full_disk_during_a_save_stops_the_run_in_one_line_keeping_the_earlier
     assert checkpoint_names(saved) == ["checkpoint-2"]  # no staging directory left, nothing of checkpoint-4
     assert checkpoint_problem(saved / "checkpoint-2") is None
     assert not (saved / "adapter_model.safetensors").exists()
+
+
+@needs_mount
+def test_a_full_disk_at_the_final_save_stops_the_run_in_one_line_and_a_resume_saves_the_model(
+    demo_assets, small_data, tmp_path
+):
+    hook = paused_env("full model", tmp_path / "paused")  # fills the disk as the trained model's save begins
+    result, output_dir, saved = run_on_small_disk("tmpfs:8m", demo_assets, small_data, tmp_path, **hook)
+    errors = error_lines(result.stderr)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1
+    assert re.fullmatch(
+        re.escape(f"error: the trained model could not be saved: no space left on device in '{output_dir}' (it ")
+        + r"needs about 0\.3 MB, \d\.\d MB free\); "
+        + re.escape(
+            "checkpoint-4, of the last step, is whole: free space, then run the same command with "
+            "resume_from_checkpoint: true to save the model from it"
+        ),
+        errors[0],
+    ), errors[0]
+    assert sorted(path.name for path in saved.iterdir()) == ["checkpoint-2", "checkpoint-4", "run.json"]
+    assert checkpoint_problem(saved / "checkpoint-4") is None
+
+    shutil.copytree(saved, output_dir)  # the disk freed
+    args = short_run_args(
+        tmp_path, demo_assets, small_data, "--output_dir", output_dir, "--resume_from_checkpoint", "true"
+    )
+    result = run_script("dpo.py", *args, **THREADS)
+    assert f"resuming from {output_dir / 'checkpoint-4'}" in result.stderr
+    adapter, last = (
+        load_file(directory / "adapter_model.safetensors") for directory in (output_dir, saved / "checkpoint-4")
+    )
+    assert adapter.keys() == last.keys() and all(torch.equal(adapter[name], last[name]) for name in last)
+    assert (tmp_path / "models" / "dpo_test" / "merge_report.json").is_file()
 
 
 @needs_mount

@@ -9,8 +9,8 @@ and nothing else does. `PREFOPT_TEST_PAUSE_AT` chooses the moment:
 - `signal N`: as optimizer step N begins, until the process receives a signal (which its own handler then takes), and
   then goes on;
 - `merge saved`: once a model's weights are saved into the staging directory of a merge (`.<name>.tmp-<pid>`);
-- `full N`: as the save of checkpoint N begins, a file fills the file system of output_dir's parent, and the run
-  goes on to meet a full disk.
+- `full N`: as the save of checkpoint N begins (`full model`: of the trained model, after training), a file fills
+  the file system of output_dir's parent, and the run goes on to meet a full disk.
 
 At the first four, the run creates the file named by `PREFOPT_TEST_PAUSED`, holding its process id, and sleeps until
 it is killed (or, for `signal`, signalled). Only the main process pauses (RANK 0, or no RANK); the others go on to
@@ -60,19 +60,33 @@ if os.environ.get("PREFOPT_TEST_PAUSE_AT") and os.environ.get("RANK", "0") == "0
 
         torch.save = save_cut_short
     elif moment == "full":
-        save_checkpoint = transformers.Trainer._save_checkpoint
 
-        def save_on_a_full_disk(self, model, trial):
-            if self.state.global_step == int(step):
-                filler = os.open(Path(self.args.output_dir).parent / "filler", os.O_WRONLY | os.O_CREAT)
-                try:
-                    while os.write(filler, bytes(1 << 16)):
-                        pass
-                except OSError:  # no space left
-                    os.close(filler)
-            return save_checkpoint(self, model, trial)
+        def fill_the_disk(args) -> None:
+            filler = os.open(Path(args.output_dir).parent / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(filler, bytes(1 << 16)):
+                    pass
+            except OSError:  # no space left
+                os.close(filler)
 
-        transformers.Trainer._save_checkpoint = save_on_a_full_disk
+        if step == "model":
+            save_model = transformers.Trainer.save_model
+
+            def save_model_on_a_full_disk(self, output_dir=None, _internal_call=False):
+                if not _internal_call:
+                    fill_the_disk(self.args)
+                return save_model(self, output_dir, _internal_call)
+
+            transformers.Trainer.save_model = save_model_on_a_full_disk
+        else:
+            save_checkpoint = transformers.Trainer._save_checkpoint
+
+            def save_checkpoint_on_a_full_disk(self, model, trial):
+                if self.state.global_step == int(step):
+                    fill_the_disk(self.args)
+                return save_checkpoint(self, model, trial)
+
+            transformers.Trainer._save_checkpoint = save_checkpoint_on_a_full_disk
     else:
         training_step = transformers.Trainer.training_step
 
