@@ -446,21 +446,26 @@ def run_on_small_disk(size: str, assets, data, tmp_path: Path, **env: str) -> tu
     return result, output_dir, snapshot / "outputs" / "dpo_test"
 
 
+def assert_one_full_disk_line(result, before_free: str, after_free: str) -> None:
+    """The run exited with status 2 and one error line: `before_free`, the space left ("0.0 MB free"), `after_free`."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, errors
+    assert re.fullmatch(re.escape(before_free) + r"\d\.\d MB free" + re.escape(after_free), errors[0]), errors[0]
+
+
 @needs_mount
 def test_a_full_disk_during_a_save_stops_the_run_in_one_line_keeping_the_earlier_checkpoints(
     demo_assets, small_data, tmp_path
 ):
     hook = paused_env("full 4", tmp_path / "paused")  # fills the disk as checkpoint-4's save begins, without pausing
     result, output_dir, saved = run_on_small_disk("tmpfs:8m", demo_assets, small_data, tmp_path, **hook)
-    errors = error_lines(result.stderr)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert len(errors) == 1
-    assert re.fullmatch(
-        re.escape(f"error: checkpoint-4 could not be saved: no space left on device in '{output_dir}' (a checkpoint ")
-        + r"needs about 0\.8 MB, \d\.\d MB free\); the earlier checkpoints are whole: free space, then resume with "
-        + re.escape("resume_from_checkpoint: true"),
-        errors[0],
-    ), errors[0]
+    assert_one_full_disk_line(
+        result,
+        f"error: checkpoint-4 could not be saved: no space left on device in '{output_dir}' (a checkpoint needs about "
+        "0.8 MB, ",
+        "); the earlier checkpoints are whole: free space, then resume with resume_from_checkpoint: true",
+    )
     assert checkpoint_names(saved) == ["checkpoint-2"]  # no staging directory left, nothing of checkpoint-4
     assert checkpoint_problem(saved / "checkpoint-2") is None
     assert not (saved / "adapter_model.safetensors").exists()
@@ -472,18 +477,13 @@ def test_a_full_disk_at_the_final_save_stops_the_run_in_one_line_and_a_resume_sa
 ):
     hook = paused_env("full model", tmp_path / "paused")  # fills the disk as the trained model's save begins
     result, output_dir, saved = run_on_small_disk("tmpfs:8m", demo_assets, small_data, tmp_path, **hook)
-    errors = error_lines(result.stderr)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert len(errors) == 1
-    assert re.fullmatch(
-        re.escape(f"error: the trained model could not be saved: no space left on device in '{output_dir}' (it ")
-        + r"needs about 0\.3 MB, \d\.\d MB free\); "
-        + re.escape(
-            "checkpoint-4, of the last step, is whole: free space, then run the same command with "
-            "resume_from_checkpoint: true to save the model from it"
-        ),
-        errors[0],
-    ), errors[0]
+    assert_one_full_disk_line(
+        result,
+        f"error: the trained model could not be saved: no space left on device in '{output_dir}' (it needs about "
+        "0.3 MB, ",
+        "); checkpoint-4, of the last step, is whole: free space, then run the same command with "
+        "resume_from_checkpoint: true to save the model from it",
+    )
     assert sorted(path.name for path in saved.iterdir()) == ["checkpoint-2", "checkpoint-4", "run.json"]
     assert checkpoint_problem(saved / "checkpoint-4") is None
 
